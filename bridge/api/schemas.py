@@ -1,0 +1,258 @@
+"""OpenAI request shapes, validated the way OpenAI does.
+
+Types are strict where OpenAI is strict (`stream: -1` and `n: "2"` are
+400s, not truthy), every optional parameter accepts `null`, and unknown
+top-level fields are accepted (real clients send non-public ones) and
+reported through `ignored_params()`. Knows OpenAI request shapes; knows
+nothing of Codex.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SamplingFloat = Annotated[float, Field(ge=0, le=2)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+NAME_PATTERN: Final = r"^[a-zA-Z0-9_-]{1,64}$"
+
+# Sampling knobs Codex has no equivalent for: accepted when valid, reported
+# in x-codex-bridge-ignored-params, never pretended.
+UNHONORED_SAMPLING: Final = (
+    "temperature",
+    "top_p",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "service_tier",
+    "verbosity",
+    "prediction",
+    "modalities",
+    "web_search_options",
+    "best_of",
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+
+class _Request(_Model):
+    def ignored_params(self) -> list[str]:
+        """Given parameters the bridge does not act on: sampling knobs and unknown fields."""
+        names = [
+            name
+            for name in UNHONORED_SAMPLING
+            if name in type(self).model_fields and getattr(self, name) is not None
+        ]
+        names.extend(sorted(self.model_extra or {}))
+        return names
+
+
+# -- content parts -------------------------------------------------------------------------
+class TextPart(_Model):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Model):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Model):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class AudioPart(_Model):
+    type: Literal["input_audio"]
+    input_audio: dict[str, Any]
+
+
+class FilePart(_Model):
+    type: Literal["file"]
+    file: dict[str, Any]
+
+
+class RefusalPart(_Model):
+    type: Literal["refusal"]
+    refusal: str
+
+
+UserPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
+AssistantPart = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
+
+
+# -- messages ------------------------------------------------------------------------------
+class FunctionCall(_Model):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Model):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class SystemMessage(_Model):
+    role: Literal["system"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class DeveloperMessage(_Model):
+    role: Literal["developer"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class UserMessage(_Model):
+    role: Literal["user"]
+    content: str | list[UserPart]
+    name: str | None = None
+
+
+class AssistantMessage(_Model):
+    role: Literal["assistant"]
+    content: str | list[AssistantPart] | None = None
+    name: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None
+
+
+class ToolMessage(_Model):
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str
+
+
+class FunctionMessage(_Model):
+    role: Literal["function"]
+    name: str
+    content: str | None = None
+
+
+ChatMessage = Annotated[
+    SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage,
+    Field(discriminator="role"),
+]
+
+
+# -- tools and formats ---------------------------------------------------------------------
+class FunctionDefinition(_Model):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class FunctionTool(_Model):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class OtherTool(_Model):
+    """A tool type this bridge does not run (custom, ...); kept so it can be refused clearly."""
+
+    type: str
+
+
+class NamedFunction(_Model):
+    name: str
+
+
+class NamedToolChoice(_Model):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class AllowedToolsChoice(_Model):
+    type: Literal["allowed_tools"]
+    allowed_tools: dict[str, Any]
+
+
+ToolChoice = (
+    Literal["none", "auto", "required"]
+    | Annotated[NamedToolChoice | AllowedToolsChoice, Field(discriminator="type")]
+)
+
+
+class JSONSchemaSpec(_Model):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    # `schema` shadows a BaseModel attribute, hence the alias.
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class TextFormat(_Model):
+    type: Literal["text"]
+
+
+class JSONObjectFormat(_Model):
+    type: Literal["json_object"]
+
+
+class JSONSchemaFormat(_Model):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaSpec
+
+
+ResponseFormat = Annotated[
+    TextFormat | JSONObjectFormat | JSONSchemaFormat, Field(discriminator="type")
+]
+
+
+class StreamOptions(_Model):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+Stop = str | Annotated[list[str], Field(max_length=4)]
+
+
+# -- /v1/chat/completions ------------------------------------------------------------------
+class ChatCompletionRequest(_Request):
+    model: Annotated[str, Field(min_length=1)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    stop: Stop | None = None
+    temperature: SamplingFloat | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    seed: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[FunctionTool | OtherTool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDefinition] | None = None
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    metadata: Annotated[dict[str, str], Field(max_length=16)] | None = None
+    reasoning_effort: ReasoningEffort | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    service_tier: str | None = None
+    store: bool | None = None

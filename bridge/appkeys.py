@@ -1,0 +1,17 @@
+"""Typed application state keys, shared by the app factory and the handlers."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+
+from bridge.codex.turn import TurnLimits
+from bridge.catalog import ModelCatalog
+from bridge.config import Settings
+from bridge.worker.pool import WorkerPool
+
+SETTINGS: Final = web.AppKey("settings", Settings)
+CATALOG: Final = web.AppKey("catalog", ModelCatalog)
+POOL: Final = web.AppKey("pool", WorkerPool)
+LIMITS: Final = web.AppKey("limits", TurnLimits)

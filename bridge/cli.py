@@ -1,0 +1,92 @@
+"""The `codex-bridge` command line: `serve`, `check-config`, `config-table`.
+
+Flags become the top layer of the settings (defaults < file < env < flags);
+a user error prints `codex-bridge: error: <why>` and exits 2, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib.metadata import version
+from typing import Any, NoReturn
+
+import orjson
+
+from bridge.config import ConfigError, config_table_markdown, load_settings
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"codex-bridge: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="codex-bridge", description="OpenAI-compatible API over codex app-server.")
+    parser.add_argument("--version", action="version", version=f"codex-bridge {version('codex-bridge')}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", help="TOML settings file (also BRIDGE_CONFIG)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--demo", action="store_true", default=None,
+                       help="serve the built-in scripted demo model")
+    serve.add_argument("--codex-bin", help="path to the codex binary")
+    serve.add_argument("--codex-home", help="CODEX_HOME for the workers")
+    serve.add_argument("--codex-config", action="append", metavar="KEY=VALUE",
+                       help="Codex setting passed to every worker as -c (repeatable)")
+    serve.add_argument("--model", action="append", metavar="ID[=CODEX_MODEL]",
+                       help="extra model id to serve (repeatable)")
+    serve.add_argument("--workers", type=int)
+    serve.add_argument("--profile", choices=["plain", "agent"])
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    check = sub.add_parser("check-config", help="print the effective settings as JSON")
+    check.add_argument("--config")
+    sub.add_parser("config-table", help="print the settings table (Markdown)")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    mapping = {
+        "host": "server.host",
+        "port": "server.port",
+        "demo": "demo.enabled",
+        "codex_bin": "codex.bin",
+        "codex_home": "codex.home",
+        "codex_config": "codex.config_overrides",
+        "model": "codex.models",
+        "workers": "codex.workers",
+        "profile": "codex.profile",
+        "log_level": "log.level",
+    }
+    return {
+        dotted: getattr(args, name)
+        for name, dotted in mapping.items()
+        if getattr(args, name, None) is not None
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "config-table":
+        print(config_table_markdown())
+        return 0
+    try:
+        settings = load_settings(
+            config_path=args.config, env=os.environ, overrides=_overrides(args)
+        )
+    except ConfigError as exc:
+        print(f"codex-bridge: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "check-config":
+        print(orjson.dumps(settings.model_dump(), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    from bridge.server import serve
+
+    return serve(settings)

@@ -1,0 +1,70 @@
+"""The bridge's own turn vocabulary: what a Codex turn produces, in protocol-neutral form.
+
+Every dialect (v2 today, v1 for legacy Codex) produces these events; every
+OpenAI endpoint translates them. Knows no JSON-RPC method names and no OpenAI
+shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from bridge.errors import BridgeError
+
+FinishReason = Literal["stop", "length", "tool_calls", "interrupted"]
+
+
+@dataclass(slots=True, frozen=True)
+class TextDelta:
+    """A piece of the assistant's reply text, in order."""
+
+    text: str
+
+
+@dataclass(slots=True, frozen=True)
+class ReasoningDelta:
+    """A piece of the model's reasoning summary (not part of the reply)."""
+
+    text: str
+
+
+@dataclass(slots=True, frozen=True)
+class Usage:
+    """Token usage of the whole turn (summed over every model call it made)."""
+
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class Finished:
+    """The turn ended normally. Always the last event of a successful turn."""
+
+    reason: FinishReason
+    usage: Usage
+
+
+@dataclass(slots=True, frozen=True)
+class Failed:
+    """The turn ended in an error. Always the last event of a failed turn."""
+
+    error: BridgeError
+    usage: Usage
+
+
+TurnEvent = TextDelta | ReasoningDelta | Finished | Failed

@@ -1,0 +1,66 @@
+"""What the HTTP layer asks of Codex (`TurnRequest`) and what it gets back (`Turn`).
+
+A `Turn` is an async stream of `TurnEvent`s that can be interrupted. The
+request is protocol-neutral: roles and texts, not JSON-RPC items. Knows no
+OpenAI shapes and no JSON-RPC method names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from bridge.codex.events import TurnEvent
+
+HistoryRole = Literal["user", "assistant", "developer"]
+
+
+@dataclass(slots=True, frozen=True)
+class HistoryMessage:
+    """One earlier message of the conversation, replayed into the thread with its role."""
+
+    role: HistoryRole
+    text: str
+
+
+@dataclass(slots=True, frozen=True)
+class TurnRequest:
+    """One turn to run on a fresh Codex thread."""
+
+    input: str
+    """The new user message: the turn's input."""
+    model: str | None = None
+    """Codex model id; None lets the worker's configured model answer."""
+    instructions: str | None = None
+    """The client's system/developer text, joined in order; None when it sent none."""
+    history: tuple[HistoryMessage, ...] = ()
+    """Prior conversation, oldest first, without the new input."""
+    effort: str | None = None
+    output_schema: dict[str, Any] | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    """Free-form context for logs (endpoint, request id); never sent to Codex."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnLimits:
+    """Deadlines for one turn: to the first reply text, between events, and overall."""
+
+    first_token_s: float
+    idle_s: float
+    deadline_s: float
+
+
+class Turn(Protocol):
+    """A running turn: events until one `Finished` or `Failed`, then nothing more."""
+
+    async def next_event(self) -> TurnEvent:
+        """The next event. Cancellation-safe: a timeout around it loses nothing."""
+        ...
+
+    async def interrupt(self) -> None:
+        """Ask Codex to stop the turn; `events()` then ends with Finished("interrupted")."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the turn's resources (thread subscription); idempotent."""
+        ...

@@ -1,0 +1,320 @@
+"""Dialect v2: runs a `TurnRequest` on the current app-server protocol and yields `TurnEvent`s.
+
+Per request: an ephemeral `thread/start` (profile settings, empty cwd), prior
+messages through `thread/inject_items` with their roles, `turn/start` with the
+new input, then `item/agentMessage/delta` / `thread/tokenUsage/updated` /
+`error` / `turn/completed` until the turn ends. One thread per concurrent
+request: a second `turn/start` on a busy thread would steer the running turn.
+
+Knows v2 method names and payloads; knows no OpenAI shapes and nothing about
+processes (it talks to an `RpcConnection` it is given).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+
+from bridge.codex.errors import error_from_codex
+from bridge.codex.events import Failed, Finished, ReasoningDelta, TextDelta, TurnEvent, Usage
+from bridge.codex.turn import TurnRequest
+from bridge.errors import BridgeError, WorkerCrashed
+from bridge.worker.rpc import ConnectionClosed, RpcConnection, RpcError, RpcTimeout
+
+log = structlog.get_logger("bridge.codex.v2")
+
+# Sentinel method queued into every open turn when the worker's connection ends.
+CONNECTION_LOST: Final = "bridge/connectionLost"
+
+# A closing thread/unsubscribe is housekeeping: never hold a request up for it.
+UNSUBSCRIBE_TIMEOUT_S: Final = 5.0
+
+# What the model hears when it calls a tool nobody answers.
+TOOL_UNAVAILABLE: Final = {
+    "contentItems": [{"type": "inputText", "text": "This tool is not available."}],
+    "success": False,
+}
+
+# Neutral instruction for the plain profile when the client sends no system
+# message: it replaces Codex's 20-40 KB agent prompt (NOTES: S3, per-turn cost).
+PLAIN_DEFAULT_INSTRUCTIONS: Final = "You are a helpful assistant."
+
+# Notifications the bridge never reads; opting out saves the worker the
+# serialization and us the parse (they arrive on every turn).
+OPT_OUT_NOTIFICATIONS: Final = (
+    "thread/status/changed",
+    "account/rateLimits/updated",
+    "remoteControl/status/changed",
+    "thread/started",
+    "item/started",
+    "turn/diff/updated",
+    "turn/plan/updated",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadSettings:
+    """Per-thread settings derived from the profile; fixed for a worker's life."""
+
+    profile: str  # "plain" | "agent"
+    cwd: str
+    rpc_timeout_s: float
+
+
+class ThreadRouter:
+    """Routes notifications by `threadId` to the turn that owns the thread.
+
+    Called on the RPC reader task: every branch is O(1) and never blocks.
+    """
+
+    __slots__ = ("_turns",)
+
+    def __init__(self) -> None:
+        self._turns: dict[str, V2Turn] = {}
+
+    def add(self, thread_id: str, turn: V2Turn) -> None:
+        self._turns[thread_id] = turn
+
+    def remove(self, thread_id: str) -> None:
+        self._turns.pop(thread_id, None)
+
+    def get(self, thread_id: str) -> V2Turn | None:
+        return self._turns.get(thread_id)
+
+    def __len__(self) -> int:
+        return len(self._turns)
+
+    def dispatch(self, method: str, params: dict[str, Any]) -> None:
+        thread_id = params.get("threadId")
+        if thread_id is None:
+            return
+        turn = self._turns.get(thread_id)
+        if turn is not None:
+            turn.feed(method, params)
+
+    def connection_lost(self) -> None:
+        for turn in list(self._turns.values()):
+            turn.feed(CONNECTION_LOST, {})
+
+
+def thread_start_params(request: TurnRequest, settings: ThreadSettings) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "cwd": settings.cwd,
+        "ephemeral": True,
+        "approvalPolicy": "never" if settings.profile == "plain" else "untrusted",
+        "sandbox": "read-only",
+    }
+    if request.model:
+        params["model"] = request.model
+    if settings.profile == "plain":
+        params["baseInstructions"] = request.instructions or PLAIN_DEFAULT_INSTRUCTIONS
+    elif request.instructions:
+        params["developerInstructions"] = request.instructions
+    return params
+
+
+def history_items(request: TurnRequest) -> list[dict[str, Any]]:
+    """Prior messages as raw Responses items; roles survive (NOTES S3)."""
+    items: list[dict[str, Any]] = []
+    for message in request.history:
+        part_type = "output_text" if message.role == "assistant" else "input_text"
+        items.append(
+            {
+                "type": "message",
+                "role": message.role,
+                "content": [{"type": part_type, "text": message.text}],
+            }
+        )
+    return items
+
+
+async def start_turn(
+    conn: RpcConnection, router: ThreadRouter, request: TurnRequest, settings: ThreadSettings
+) -> V2Turn:
+    """Open a thread, replay the history and start the turn. Raises BridgeError on failure."""
+    timeout = settings.rpc_timeout_s
+    try:
+        started = await conn.request(
+            "thread/start", thread_start_params(request, settings), timeout=timeout
+        )
+        thread_id = str(started["thread"]["id"])
+    except (ConnectionClosed, RpcTimeout, RpcError, KeyError, TypeError) as exc:
+        raise _as_bridge_error(exc, "thread/start") from exc
+
+    turn = V2Turn(conn, router, thread_id, settings)
+    router.add(thread_id, turn)
+    try:
+        items = history_items(request)
+        if items:
+            await conn.request(
+                "thread/inject_items", {"threadId": thread_id, "items": items}, timeout=timeout
+            )
+        turn_params: dict[str, Any] = {
+            "threadId": thread_id,
+            "input": [{"type": "text", "text": request.input}],
+        }
+        if request.effort:
+            turn_params["effort"] = request.effort
+        if request.output_schema is not None:
+            turn_params["outputSchema"] = request.output_schema
+        result = await conn.request("turn/start", turn_params, timeout=timeout)
+        turn.set_turn_id(str(result["turn"]["id"]))
+    except BaseException as exc:
+        await turn.aclose()
+        if isinstance(exc, (ConnectionClosed, RpcTimeout, RpcError, KeyError, TypeError)):
+            raise _as_bridge_error(exc, "turn/start") from exc
+        raise
+    return turn
+
+
+def _as_bridge_error(exc: BaseException, step: str) -> BridgeError:
+    if isinstance(exc, ConnectionClosed):
+        return WorkerCrashed("The Codex worker exited while starting the turn.")
+    if isinstance(exc, RpcTimeout):
+        return WorkerCrashed(f"The Codex worker did not answer {step} in time.")
+    if isinstance(exc, RpcError):
+        return BridgeError(f"Codex rejected {step}: {exc.message}")
+    return BridgeError(f"Codex answered {step} with an unexpected payload.")
+
+
+def _usage_of(breakdown: Mapping[str, Any]) -> Usage:
+    return Usage(
+        input_tokens=int(breakdown.get("inputTokens") or 0),
+        cached_input_tokens=int(breakdown.get("cachedInputTokens") or 0),
+        output_tokens=int(breakdown.get("outputTokens") or 0),
+        reasoning_tokens=int(breakdown.get("reasoningOutputTokens") or 0),
+    )
+
+
+class V2Turn:
+    """One running turn on its own ephemeral thread. Implements `bridge.codex.turn.Turn`."""
+
+    def __init__(
+        self,
+        conn: RpcConnection,
+        router: ThreadRouter,
+        thread_id: str,
+        settings: ThreadSettings,
+    ) -> None:
+        self._conn = conn
+        self._router = router
+        self.thread_id = thread_id
+        self.turn_id: str | None = None
+        self._settings = settings
+        self._inbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._ready: deque[TurnEvent] = deque()
+        self._usage = Usage()
+        self._pending_error: Any = None
+        self._item: Any = None
+        self._item_len = 0
+        self._replay_skip = 0
+        self._retrying = False
+        self._emitted_any = False
+        self._done = False
+        self._closed = False
+
+    # -- called on the RPC reader task -------------------------------------------------
+    def feed(self, method: str, params: dict[str, Any]) -> None:
+        self._inbox.put_nowait((method, params))
+
+    def set_turn_id(self, turn_id: str) -> None:
+        self.turn_id = turn_id
+
+    # -- consumer side -------------------------------------------------------------------
+    async def next_event(self) -> TurnEvent:
+        """The next event; cancellation-safe (a timeout around it loses nothing)."""
+        while not self._ready:
+            method, params = await self._inbox.get()
+            self._translate(method, params)
+        return self._ready.popleft()
+
+    def _translate(self, method: str, params: dict[str, Any]) -> None:
+        if self._done:
+            return
+        if method == "item/agentMessage/delta":
+            self._on_delta(params.get("itemId"), params.get("delta") or "")
+        elif method == "item/reasoning/summaryTextDelta":
+            delta = params.get("delta")
+            if delta:
+                self._ready.append(ReasoningDelta(delta))
+        elif method == "thread/tokenUsage/updated":
+            last = (params.get("tokenUsage") or {}).get("last")
+            if isinstance(last, dict):
+                self._usage = self._usage + _usage_of(last)
+        elif method == "error":
+            if params.get("willRetry"):
+                self._retrying = self._emitted_any
+            else:
+                self._pending_error = params.get("error")
+        elif method == "turn/completed":
+            turn = params.get("turn") or {}
+            if self.turn_id is not None and turn.get("id") not in (None, self.turn_id):
+                return
+            self._done = True
+            status = turn.get("status")
+            if status == "completed":
+                self._ready.append(Finished("stop", self._usage))
+            elif status == "interrupted":
+                self._ready.append(Finished("interrupted", self._usage))
+            else:
+                error = error_from_codex(turn.get("error") or self._pending_error)
+                self._ready.append(Failed(error, self._usage))
+        elif method == CONNECTION_LOST:
+            self._done = True
+            crashed = WorkerCrashed("The Codex worker exited during the turn.")
+            self._ready.append(Failed(crashed, self._usage))
+
+    def _on_delta(self, item_id: Any, delta: str) -> None:
+        # Codex retries a dropped model stream by replaying the reply from its
+        # start in a new item (NOTES S4); `_replay_skip` swallows what the
+        # client already has so it never sees text twice.
+        if item_id != self._item:
+            if self._retrying:
+                self._replay_skip = self._item_len
+                self._retrying = False
+            elif self._item is not None and self._item_len and delta:
+                delta = "\n\n" + delta  # a further message item: keep them apart
+            self._item = item_id
+            self._item_len = 0
+        if self._replay_skip:
+            cut = min(self._replay_skip, len(delta))
+            self._replay_skip -= cut
+            self._item_len += cut
+            delta = delta[cut:]
+        if delta:
+            self._item_len += len(delta)
+            self._emitted_any = True
+            self._ready.append(TextDelta(delta))
+
+    async def answer_tool_call(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Client-defined tools are not routed yet: tell the model it has none."""
+        return TOOL_UNAVAILABLE
+
+    async def interrupt(self) -> None:
+        if self._done or self.turn_id is None or self._conn.closed:
+            return
+        with contextlib.suppress(ConnectionClosed, RpcTimeout, RpcError):
+            await self._conn.request(
+                "turn/interrupt",
+                {"threadId": self.thread_id, "turnId": self.turn_id},
+                timeout=self._settings.rpc_timeout_s,
+            )
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._router.remove(self.thread_id)
+        if self._conn.closed:
+            return
+        # Unloads the ephemeral thread so a long-lived worker does not grow.
+        with contextlib.suppress(ConnectionClosed, RpcTimeout, RpcError):
+            await self._conn.request(
+                "thread/unsubscribe", {"threadId": self.thread_id}, timeout=UNSUBSCRIBE_TIMEOUT_S
+            )

@@ -1,0 +1,275 @@
+"""The bridge's settings: built once, frozen, from defaults < TOML file < BRIDGE_* env < flags.
+
+`FIELDS` is the single declarative table of every setting (section, key,
+env name, meaning); the env mapping, the validation messages and the
+README's configuration table all come from it. Knows settings; knows
+nothing of what uses them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MiB: Final = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """Configuration the bridge cannot start with; the message names the setting."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelAlias(_Frozen):
+    id: Annotated[str, Field(min_length=1)]
+    codex_model: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelAlias:
+        model_id, _, codex_model = text.strip().partition("=")
+        return cls(id=model_id.strip(), codex_model=codex_model.strip() or None)
+
+
+class ServerSettings(_Frozen):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8140
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 16 * MiB
+    sse_keepalive_s: Annotated[float, Field(gt=0)] = 15.0
+    shutdown_timeout_s: Annotated[float, Field(ge=0)] = 30.0
+
+
+class CodexSettings(_Frozen):
+    bin: str | None = None
+    home: str | None = None
+    profile: Literal["plain", "agent"] = "plain"
+    dialect: Literal["auto", "v2", "v1"] = "auto"
+    config_overrides: tuple[str, ...] = ()
+    models: tuple[ModelAlias, ...] = ()
+    default_model: str | None = None
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    max_turns_per_worker: Annotated[int, Field(ge=1, le=256)] = 8
+    queue_limit: Annotated[int, Field(ge=0)] = 64
+    queue_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    rpc_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    handshake_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    first_token_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    idle_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    request_deadline_s: Annotated[float, Field(gt=0)] = 900.0
+    restart_backoff_initial_s: Annotated[float, Field(gt=0)] = 0.5
+    restart_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
+    healthy_reset_s: Annotated[float, Field(gt=0)] = 60.0
+    health_interval_s: Annotated[float, Field(gt=0)] = 30.0
+    stop_grace_s: Annotated[float, Field(ge=0)] = 5.0
+
+    @field_validator("config_overrides")
+    @classmethod
+    def _overrides_are_key_value(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            key, sep, _ = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"{item!r} is not KEY=VALUE")
+        return value
+
+
+class DemoSettings(_Frozen):
+    enabled: bool = False
+
+
+class LogSettings(_Frozen):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    log_content: bool = False
+
+
+class Settings(_Frozen):
+    server: ServerSettings = ServerSettings()
+    codex: CodexSettings = CodexSettings()
+    demo: DemoSettings = DemoSettings()
+    log: LogSettings = LogSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDoc:
+    section: str
+    key: str
+    env: str
+    meaning: str
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+# Every setting, once. The README table is generated from this (see
+# `config_table_markdown`), and a test keeps the two and `Settings` in step.
+FIELDS: Final = (
+    FieldDoc("server", "host", "BRIDGE_HOST", "Listen address. Beyond loopback, configure API keys."),
+    FieldDoc("server", "port", "BRIDGE_PORT", "Listen port."),
+    FieldDoc("server", "max_body_bytes", "BRIDGE_MAX_BODY_BYTES", "Request body limit; larger bodies get 413."),
+    FieldDoc("server", "sse_keepalive_s", "BRIDGE_SSE_KEEPALIVE_S", "Seconds between `: keepalive` comments on quiet streams."),
+    FieldDoc("server", "shutdown_timeout_s", "BRIDGE_SHUTDOWN_TIMEOUT_S", "On SIGTERM, how long running turns may finish before they are interrupted."),
+    FieldDoc("codex", "bin", "BRIDGE_CODEX_BIN", "Path to `codex`; empty means the binary of the pinned `openai-codex-cli-bin` package."),
+    FieldDoc("codex", "home", "BRIDGE_CODEX_HOME", "CODEX_HOME of the workers; empty means `$STATE_DIRECTORY/codex-home` under systemd, else `~/.local/state/codex-bridge/codex-home`."),
+    FieldDoc("codex", "profile", "BRIDGE_CODEX_PROFILE", "`plain`: a model API, no host tools. `agent`: Codex's own prompt and tools, read-only, approvals declined."),
+    FieldDoc("codex", "dialect", "BRIDGE_CODEX_DIALECT", "App-server protocol: `auto`, `v2` or `v1` (only v2 is implemented)."),
+    FieldDoc("codex", "config_overrides", "BRIDGE_CODEX_CONFIG", "`KEY=VALUE` Codex settings passed to every worker as `-c` (env: one per line)."),
+    FieldDoc("codex", "models", "BRIDGE_MODELS", "Extra model ids to serve, `ID` or `ID=CODEX_MODEL` (env: comma-separated)."),
+    FieldDoc("codex", "default_model", "BRIDGE_DEFAULT_MODEL", "Codex model for served ids that name none; empty lets Codex choose."),
+    FieldDoc("codex", "workers", "BRIDGE_WORKERS", "Number of `codex app-server` processes."),
+    FieldDoc("codex", "max_turns_per_worker", "BRIDGE_MAX_TURNS_PER_WORKER", "Concurrent turns one worker runs; more wait in the queue."),
+    FieldDoc("codex", "queue_limit", "BRIDGE_QUEUE_LIMIT", "Requests that may wait for a turn slot; beyond it, 429."),
+    FieldDoc("codex", "queue_timeout_s", "BRIDGE_QUEUE_TIMEOUT_S", "How long a request waits for a turn slot before 429."),
+    FieldDoc("codex", "rpc_timeout_s", "BRIDGE_RPC_TIMEOUT_S", "Timeout of one JSON-RPC request to a worker."),
+    FieldDoc("codex", "handshake_timeout_s", "BRIDGE_HANDSHAKE_TIMEOUT_S", "Timeout of a worker's initialize handshake."),
+    FieldDoc("codex", "first_token_timeout_s", "BRIDGE_FIRST_TOKEN_TIMEOUT_S", "Time to the first reply text before 504."),
+    FieldDoc("codex", "idle_timeout_s", "BRIDGE_IDLE_TIMEOUT_S", "Time between turn events before 504."),
+    FieldDoc("codex", "request_deadline_s", "BRIDGE_REQUEST_DEADLINE_S", "Overall time one request may take before 504."),
+    FieldDoc("codex", "restart_backoff_initial_s", "BRIDGE_RESTART_BACKOFF_INITIAL_S", "First delay before restarting a dead worker (doubles each time, with jitter)."),
+    FieldDoc("codex", "restart_backoff_max_s", "BRIDGE_RESTART_BACKOFF_MAX_S", "Longest restart delay."),
+    FieldDoc("codex", "healthy_reset_s", "BRIDGE_HEALTHY_RESET_S", "Uptime after which a worker's restart backoff starts over."),
+    FieldDoc("codex", "health_interval_s", "BRIDGE_HEALTH_INTERVAL_S", "Seconds between health probes of each worker."),
+    FieldDoc("codex", "stop_grace_s", "BRIDGE_STOP_GRACE_S", "After closing a worker's stdin, how long to wait before SIGTERM."),
+    FieldDoc("demo", "enabled", "BRIDGE_DEMO", "Run the built-in scripted model and point the workers at it."),
+    FieldDoc("log", "level", "BRIDGE_LOG_LEVEL", "`debug`, `info`, `warning` or `error`."),
+    FieldDoc("log", "log_content", "BRIDGE_LOG_CONTENT", "Allow prompt and reply text in debug logs."),
+)
+
+_LIST_SPLIT: Final = {"config_overrides": "\n", "models": ","}
+
+
+def _section_model(section: str) -> type[BaseModel]:
+    annotation = Settings.model_fields[section].annotation
+    assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    return annotation
+
+
+def _default_of(doc: FieldDoc) -> Any:
+    return _section_model(doc.section).model_fields[doc.key].default
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    known = {doc.dotted for doc in FIELDS}
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        for key in values:
+            if f"{section}.{key}" not in known:
+                raise ConfigError(f"{path}: unknown setting {section}.{key}")
+    return data
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for doc in FIELDS:
+        raw = env.get(doc.env)
+        if raw is None or raw == "":
+            continue
+        value: Any = raw
+        if doc.key in _LIST_SPLIT:
+            value = [item.strip() for item in raw.split(_LIST_SPLIT[doc.key]) if item.strip()]
+        values[doc.dotted] = value
+    return values
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    section, _, key = dotted.partition(".")
+    tree.setdefault(section, {})[key] = value
+
+
+def load_settings(
+    *,
+    config_path: str | None,
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any],
+) -> Settings:
+    """Layers the sources and validates once; raises ConfigError with a human message."""
+    tree: dict[str, Any] = {}
+    path = config_path or env.get("BRIDGE_CONFIG")
+    if path:
+        for section, values in _read_toml(path).items():
+            for key, value in values.items():
+                _set(tree, f"{section}.{key}", value)
+    known = {doc.dotted: doc for doc in FIELDS}
+    for dotted, value in [*_from_env(env).items(), *overrides.items()]:
+        if dotted not in known:
+            raise ConfigError(f"unknown setting {dotted}")
+        _set(tree, dotted, value)
+    if "models" in tree.get("codex", {}):
+        try:
+            tree["codex"]["models"] = [
+                m if isinstance(m, dict) else ModelAlias.parse(str(m)).model_dump()
+                for m in tree["codex"]["models"]
+            ]
+        except ValidationError:
+            raise ConfigError("codex.models: every entry must be ID or ID=CODEX_MODEL") from None
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    dotted = ".".join(loc[:2])
+    doc = next((d for d in FIELDS if d.dotted == dotted), None)
+    where = f"{dotted} ({doc.env})" if doc else ".".join(loc)
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"invalid {where}: {message}; got {error.get('input')!r}"
+
+
+def resolve_codex_bin(settings: Settings) -> str:
+    if settings.codex.bin:
+        return settings.codex.bin
+    from codex_cli_bin import bundled_codex_path
+
+    return str(bundled_codex_path())
+
+
+def resolve_codex_home(settings: Settings, env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if settings.codex.home:
+        return Path(settings.codex.home).expanduser()
+    state = env.get("STATE_DIRECTORY")
+    if state:
+        # systemd may list several directories, colon-separated: the first is ours.
+        return Path(state.split(":")[0]) / "codex-home"
+    xdg = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "codex-bridge" / "codex-home"
+
+
+def _format_default(value: Any) -> str:
+    if value is None or value == ():
+        return "(empty)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f"`{value}`"
+    if isinstance(value, int) and value >= MiB and value % MiB == 0:
+        return f"{value // MiB} MiB"
+    return str(value)
+
+
+def config_table_markdown() -> str:
+    lines = ["| Setting | Env | Default | Meaning |", "|---|---|---|---|"]
+    for doc in FIELDS:
+        lines.append(
+            f"| `{doc.dotted}` | `{doc.env}` | {_format_default(_default_of(doc))} | {doc.meaning} |"
+        )
+    return "\n".join(lines)

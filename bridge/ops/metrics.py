@@ -1,0 +1,163 @@
+"""Prometheus metrics: one private registry per app, bounded label sets only.
+
+Labels are route templates, status codes, endpoint names, configured model
+ids, token kinds, worker ids and fixed reason strings — never request ids,
+raw paths or keys. Pool gauges are read at scrape time from the pool itself,
+so they cannot drift from the truth. Hot paths do not touch metrics per
+delta: turns are counted once when they end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from bridge.worker.pool import WorkerPool
+
+# LLM-shaped buckets: the default ones stop at 10 s, too short for agent turns.
+LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 900)
+QUEUE_BUCKETS: Final = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+HANDSHAKE_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pool: Callable[[], WorkerPool | None]) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self._pool()
+        if pool is None:
+            return
+        ready = GaugeMetricFamily(
+            "codex_bridge_workers_ready", "Workers that completed the handshake and take turns."
+        )
+        ready.add_metric([], pool.ready_count)
+        yield ready
+        states = GaugeMetricFamily(
+            "codex_bridge_workers", "Workers by supervisor state.", labels=["state"]
+        )
+        counts: dict[str, int] = {"starting": 0, "ready": 0, "restarting": 0, "stopped": 0}
+        for worker in pool.workers:
+            counts[worker.state.value] += 1
+        for state, count in counts.items():
+            states.add_metric([state], count)
+        yield states
+        inflight = GaugeMetricFamily("codex_bridge_inflight_turns", "Turns running now.")
+        inflight.add_metric([], pool.active_turns)
+        yield inflight
+        queued = GaugeMetricFamily("codex_bridge_queue_depth", "Requests waiting for a turn slot.")
+        queued.add_metric([], pool.waiting)
+        yield queued
+        per_worker = GaugeMetricFamily(
+            "codex_bridge_worker_active_turns", "Turns running per worker.", labels=["worker"]
+        )
+        for worker in pool.workers:
+            per_worker.add_metric([str(worker.id)], worker.active_turns)
+        yield per_worker
+
+
+class Metrics:
+    def __init__(self, *, version: str, codex_version: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self._pool: WorkerPool | None = None
+        r.register(_PoolCollector(lambda: self._pool))
+        Info("codex_bridge_build", "Bridge and Codex versions.", registry=r).info(
+            {"version": version, "codex_version": codex_version}
+        )
+        self.http_requests = Counter(
+            "codex_bridge_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "codex_bridge_http_request_duration_seconds",
+            "Whole request time, streams included.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "codex_bridge_time_to_first_token_seconds",
+            "From request start to the first reply text.",
+            ["endpoint", "stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.turn_duration = Histogram(
+            "codex_bridge_turn_duration_seconds",
+            "Turn time by endpoint and outcome.",
+            ["endpoint", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "codex_bridge_tokens",
+            "Tokens by kind (prompt, completion, cached, reasoning) and model.",
+            ["kind", "model"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "codex_bridge_queue_wait_seconds",
+            "Time a request waited for a turn slot.",
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.rejections = Counter(
+            "codex_bridge_admission_rejections",
+            "Requests refused before running, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "codex_bridge_worker_restarts",
+            "Worker restarts by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.handshake = Histogram(
+            "codex_bridge_worker_handshake_seconds",
+            "Spawn to completed initialize handshake.",
+            buckets=HANDSHAKE_BUCKETS,
+            registry=r,
+        )
+        self.rpc_errors = Counter(
+            "codex_bridge_rpc_errors",
+            "JSON-RPC requests to workers that failed, by method and kind.",
+            ["method", "kind"],
+            registry=r,
+        )
+        self.client_disconnects = Counter(
+            "codex_bridge_client_disconnects",
+            "Clients that went away before their response ended.",
+            ["endpoint"],
+            registry=r,
+        )
+
+    def watch_pool(self, pool: WorkerPool) -> None:
+        self._pool = pool
+
+    # -- PoolObserver ------------------------------------------------------------------
+    def rejected(self, reason: str) -> None:
+        self.rejections.labels(reason).inc()
+
+    def waited(self, seconds: float) -> None:
+        self.queue_wait.observe(seconds)
+
+    def restarted(self, reason: str) -> None:
+        self.worker_restarts.labels(reason).inc()

@@ -1,0 +1,111 @@
+"""Runs the daemon: binds the listener, waits for signals, drains, and stops in order.
+
+Shutdown sequence on SIGTERM/SIGINT: stop admitting (and `/readyz` turns 503
+so Traefik drains), let in-flight turns finish up to the drain deadline, then
+let aiohttp cancel what is left (each handler interrupts its turn on the way
+out) and stop the workers. Knows process lifecycle; no request logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Final
+
+import structlog
+from aiohttp import web
+
+from bridge.app import make_app
+from bridge.appkeys import POOL
+from bridge.config import Settings
+from bridge.ops.logging import configure_logging
+from bridge.ops.systemd import SystemdNotifier
+from bridge.worker.pool import WorkerPool
+
+log = structlog.get_logger("bridge.server")
+
+# How often the drain loop looks at the number of turns still running.
+DRAIN_POLL_S: Final = 0.1
+# Startup waits this long for a first worker before telling systemd READY
+# anyway (then /readyz reports the truth).
+READY_WAIT_S: Final = 120.0
+# After the drain deadline, handlers still running get this long to end
+# (they are cancelled and interrupt their turns) before connections close.
+CANCEL_GRACE_S: Final = 5.0
+LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def serve(settings: Settings) -> int:
+    configure_logging(settings.log.level, log_content=settings.log.log_content)
+    try:
+        return asyncio.run(run(settings))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    notifier = SystemdNotifier()
+    app = make_app(settings)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,  # a client that hangs up cancels its handler at once
+        access_log=None,
+        # We drain ourselves first (below); this is only the grace after it.
+        shutdown_timeout=CANCEL_GRACE_S,
+    )
+    await runner.setup()
+    host, port = settings.server.host, settings.server.port
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen", host=host, port=port, error=str(exc))
+        await runner.cleanup()
+        return 1
+    pool = app[POOL]
+    log.info(
+        "codex-bridge listening",
+        url=f"http://{host}:{port}",
+        workers=len(pool.workers),
+        profile=settings.codex.profile,
+        demo=settings.demo.enabled,
+    )
+    if host not in LOOPBACK_HOSTS:
+        log.warning("listening beyond loopback without API keys: anyone who can reach it may use it")
+
+    # The watchdog pings from the event loop itself, so a wedged loop stops
+    # them; it also requires every worker's supervisor task to be alive.
+    watchdog = asyncio.create_task(notifier.run_watchdog(pool.supervisors_alive))
+    ready = asyncio.create_task(_announce_ready(notifier, pool))
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down", active_turns=pool.active_turns)
+        notifier.stopping()
+        pool.closing = True
+        await _drain(pool, settings.server.shutdown_timeout_s)
+        for task in (watchdog, ready):
+            task.cancel()
+        await runner.cleanup()
+        log.info("stopped")
+    return 0
+
+
+async def _announce_ready(notifier: SystemdNotifier, pool: WorkerPool) -> None:
+    ok = await pool.wait_ready(READY_WAIT_S)
+    notifier.ready(f"{pool.ready_count}/{len(pool.workers)} workers ready" if ok else "no worker ready yet")
+
+
+async def _drain(pool: WorkerPool, deadline: float) -> None:
+    """Waits for running turns to finish, up to the drain deadline."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(deadline):
+            while pool.active_turns > 0:
+                await asyncio.sleep(DRAIN_POLL_S)

@@ -1,0 +1,121 @@
+"""A child process with piped stdio: spawn it, drain its stderr into logs, stop it without hanging.
+
+The child gets its own process group so stop/kill reach everything it
+spawned. Shutdown is bounded and shielded: close stdin, wait, SIGTERM the
+group, wait, SIGKILL the group. Knows processes and pipes; knows nothing of
+what is spoken over them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from bridge.worker.rpc import MAX_LINE_BYTES
+
+# One stderr line is logged at most this long (Rust backtraces can be huge).
+STDERR_LINE_CHARS: Final = 2000
+# Reaping a SIGKILLed process takes milliseconds; this only bounds a pathology.
+KILL_WAIT_S: Final = 5.0
+_NOISY_ENV: Final = ("NOTIFY_SOCKET",)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    cwd: str
+
+
+class ChildProcess:
+    def __init__(self, proc: asyncio.subprocess.Process, logger: Any, name: str) -> None:
+        self._proc = proc
+        self._log = logger
+        self._name = name
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        self.stdin: asyncio.StreamWriter = proc.stdin
+        self.stdout: asyncio.StreamReader = proc.stdout
+        self._stderr_task = asyncio.create_task(self._drain_stderr(proc.stderr))
+
+    @classmethod
+    async def spawn(cls, spec: ProcessSpec, *, logger: Any, name: str) -> ChildProcess:
+        env = {k: v for k, v in spec.env.items() if k not in _NOISY_ENV}
+        proc = await asyncio.create_subprocess_exec(
+            *spec.argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=spec.cwd,
+            start_new_session=True,
+            limit=MAX_LINE_BYTES,
+        )
+        return cls(proc, logger, name)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    async def wait(self) -> int:
+        return await self._proc.wait()
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        if self._proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    async def stop(self, *, grace: float = 3.0, term_grace: float = 2.0) -> int:
+        """Ends the process for sure; safe to call twice and from a cancelled task."""
+        return await asyncio.shield(self._stop(grace, term_grace))
+
+    async def _stop(self, grace: float, term_grace: float) -> int:
+        if self._proc.returncode is None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self.stdin.close()
+            for sig, wait in ((None, grace), (signal.SIGTERM, term_grace), (signal.SIGKILL, KILL_WAIT_S)):
+                if sig is not None:
+                    self._signal(sig)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._proc.wait()
+                        break
+        # Anything else left in the group (the child's own children) goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            async with asyncio.timeout(KILL_WAIT_S):
+                await self._stderr_task
+        return self._proc.returncode if self._proc.returncode is not None else -9
+
+    async def _drain_stderr(self, stream: asyncio.StreamReader) -> None:
+        """Reads stderr to the end so the child never blocks on a full pipe."""
+        while True:
+            try:
+                line = await stream.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                continue
+            except (ConnectionError, OSError):
+                return
+            if not line:
+                return
+            text = line.decode(errors="replace").rstrip()
+            if not text:
+                continue
+            text = text[:STDERR_LINE_CHARS]
+            if "ERROR" in text or "panicked" in text:
+                self._log.warning("codex stderr", worker_process=self._name, line=text)
+            else:
+                self._log.debug("codex stderr", worker_process=self._name, line=text)
