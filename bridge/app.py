@@ -23,9 +23,9 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from bridge.api import chat, health, models
 from bridge.api.errors import error_middleware
 from bridge.api.middleware import METRICS, add_response_headers, request_context_middleware
-from bridge.codex.turn import TurnLimits
 from bridge.appkeys import CATALOG, LIMITS, POOL, SETTINGS
 from bridge.catalog import CatalogEntry, ModelCatalog
+from bridge.codex.turn import TurnLimits
 from bridge.config import Settings, resolve_codex_bin, resolve_codex_home
 from bridge.demo import DEMO_MODEL_ID, DemoModel
 from bridge.ops.metrics import Metrics
@@ -108,7 +108,9 @@ def worker_configs(
         # Operator overrides still come last and win.
         overrides = [*demo.codex_config_overrides(), *overrides]
         extra_env[DemoModel.API_KEY_ENV] = DemoModel.API_KEY_VALUE
-    argv = worker_argv(resolve_codex_bin(settings), profile=codex.profile, operator_overrides=overrides)
+    argv = worker_argv(
+        resolve_codex_bin(settings), profile=codex.profile, operator_overrides=overrides
+    )
     workroot = codex_home.parent / "workdirs"
     return [
         WorkerConfig(
@@ -165,8 +167,8 @@ async def _discover_models(pool: WorkerPool, catalog: ModelCatalog) -> None:
     except Exception as exc:
         log.warning("model/list failed; serving configured models only", error=repr(exc))
         return
-    ids = [str(m.get("id") or m.get("model")) for m in result.get("data", []) if isinstance(m, dict)]
+    ids = [
+        str(m.get("id") or m.get("model")) for m in result.get("data", []) if isinstance(m, dict)
+    ]
     catalog.set_discovered(mid for mid in ids if mid and mid != "None")
     log.info("model catalog discovered", models=len(ids))
-
-

@@ -6,8 +6,8 @@ from typing import Final
 
 from aiohttp import web
 
-from bridge.codex.turn import TurnLimits
 from bridge.catalog import ModelCatalog
+from bridge.codex.turn import TurnLimits
 from bridge.config import Settings
 from bridge.worker.pool import WorkerPool
 

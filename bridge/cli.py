@@ -26,22 +26,35 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="codex-bridge", description="OpenAI-compatible API over codex app-server.")
-    parser.add_argument("--version", action="version", version=f"codex-bridge {version('codex-bridge')}")
+    parser = _Parser(
+        prog="codex-bridge", description="OpenAI-compatible API over codex app-server."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"codex-bridge {version('codex-bridge')}"
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", help="TOML settings file (also BRIDGE_CONFIG)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--demo", action="store_true", default=None,
-                       help="serve the built-in scripted demo model")
+    serve.add_argument(
+        "--demo", action="store_true", default=None, help="serve the built-in scripted demo model"
+    )
     serve.add_argument("--codex-bin", help="path to the codex binary")
     serve.add_argument("--codex-home", help="CODEX_HOME for the workers")
-    serve.add_argument("--codex-config", action="append", metavar="KEY=VALUE",
-                       help="Codex setting passed to every worker as -c (repeatable)")
-    serve.add_argument("--model", action="append", metavar="ID[=CODEX_MODEL]",
-                       help="extra model id to serve (repeatable)")
+    serve.add_argument(
+        "--codex-config",
+        action="append",
+        metavar="KEY=VALUE",
+        help="Codex setting passed to every worker as -c (repeatable)",
+    )
+    serve.add_argument(
+        "--model",
+        action="append",
+        metavar="ID[=CODEX_MODEL]",
+        help="extra model id to serve (repeatable)",
+    )
     serve.add_argument("--workers", type=int)
     serve.add_argument("--profile", choices=["plain", "agent"])
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

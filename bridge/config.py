@@ -110,35 +110,153 @@ class FieldDoc:
 # Every setting, once. The README table is generated from this (see
 # `config_table_markdown`), and a test keeps the two and `Settings` in step.
 FIELDS: Final = (
-    FieldDoc("server", "host", "BRIDGE_HOST", "Listen address. Beyond loopback, configure API keys."),
+    FieldDoc(
+        "server", "host", "BRIDGE_HOST", "Listen address. Beyond loopback, configure API keys."
+    ),
     FieldDoc("server", "port", "BRIDGE_PORT", "Listen port."),
-    FieldDoc("server", "max_body_bytes", "BRIDGE_MAX_BODY_BYTES", "Request body limit; larger bodies get 413."),
-    FieldDoc("server", "sse_keepalive_s", "BRIDGE_SSE_KEEPALIVE_S", "Seconds between `: keepalive` comments on quiet streams."),
-    FieldDoc("server", "shutdown_timeout_s", "BRIDGE_SHUTDOWN_TIMEOUT_S", "On SIGTERM, how long running turns may finish before they are interrupted."),
-    FieldDoc("codex", "bin", "BRIDGE_CODEX_BIN", "Path to `codex`; empty means the binary of the pinned `openai-codex-cli-bin` package."),
-    FieldDoc("codex", "home", "BRIDGE_CODEX_HOME", "CODEX_HOME of the workers; empty means `$STATE_DIRECTORY/codex-home` under systemd, else `~/.local/state/codex-bridge/codex-home`."),
-    FieldDoc("codex", "profile", "BRIDGE_CODEX_PROFILE", "`plain`: a model API, no host tools. `agent`: Codex's own prompt and tools, read-only, approvals declined."),
-    FieldDoc("codex", "dialect", "BRIDGE_CODEX_DIALECT", "App-server protocol: `auto`, `v2` or `v1` (only v2 is implemented)."),
-    FieldDoc("codex", "config_overrides", "BRIDGE_CODEX_CONFIG", "`KEY=VALUE` Codex settings passed to every worker as `-c` (env: one per line)."),
-    FieldDoc("codex", "models", "BRIDGE_MODELS", "Extra model ids to serve, `ID` or `ID=CODEX_MODEL` (env: comma-separated)."),
-    FieldDoc("codex", "default_model", "BRIDGE_DEFAULT_MODEL", "Codex model for served ids that name none; empty lets Codex choose."),
+    FieldDoc(
+        "server",
+        "max_body_bytes",
+        "BRIDGE_MAX_BODY_BYTES",
+        "Request body limit; larger bodies get 413.",
+    ),
+    FieldDoc(
+        "server",
+        "sse_keepalive_s",
+        "BRIDGE_SSE_KEEPALIVE_S",
+        "Seconds between `: keepalive` comments on quiet streams.",
+    ),
+    FieldDoc(
+        "server",
+        "shutdown_timeout_s",
+        "BRIDGE_SHUTDOWN_TIMEOUT_S",
+        "On SIGTERM, how long running turns may finish before they are interrupted.",
+    ),
+    FieldDoc(
+        "codex",
+        "bin",
+        "BRIDGE_CODEX_BIN",
+        "Path to `codex`; empty means the binary of the pinned `openai-codex-cli-bin` package.",
+    ),
+    FieldDoc(
+        "codex",
+        "home",
+        "BRIDGE_CODEX_HOME",
+        "CODEX_HOME of the workers; empty means `$STATE_DIRECTORY/codex-home` under systemd, else `~/.local/state/codex-bridge/codex-home`.",
+    ),
+    FieldDoc(
+        "codex",
+        "profile",
+        "BRIDGE_CODEX_PROFILE",
+        "`plain`: a model API, no host tools. `agent`: Codex's own prompt and tools, read-only, approvals declined.",
+    ),
+    FieldDoc(
+        "codex",
+        "dialect",
+        "BRIDGE_CODEX_DIALECT",
+        "App-server protocol: `auto`, `v2` or `v1` (only v2 is implemented).",
+    ),
+    FieldDoc(
+        "codex",
+        "config_overrides",
+        "BRIDGE_CODEX_CONFIG",
+        "`KEY=VALUE` Codex settings passed to every worker as `-c` (env: one per line).",
+    ),
+    FieldDoc(
+        "codex",
+        "models",
+        "BRIDGE_MODELS",
+        "Extra model ids to serve, `ID` or `ID=CODEX_MODEL` (env: comma-separated).",
+    ),
+    FieldDoc(
+        "codex",
+        "default_model",
+        "BRIDGE_DEFAULT_MODEL",
+        "Codex model for served ids that name none; empty lets Codex choose.",
+    ),
     FieldDoc("codex", "workers", "BRIDGE_WORKERS", "Number of `codex app-server` processes."),
-    FieldDoc("codex", "max_turns_per_worker", "BRIDGE_MAX_TURNS_PER_WORKER", "Concurrent turns one worker runs; more wait in the queue."),
-    FieldDoc("codex", "queue_limit", "BRIDGE_QUEUE_LIMIT", "Requests that may wait for a turn slot; beyond it, 429."),
-    FieldDoc("codex", "queue_timeout_s", "BRIDGE_QUEUE_TIMEOUT_S", "How long a request waits for a turn slot before 429."),
-    FieldDoc("codex", "rpc_timeout_s", "BRIDGE_RPC_TIMEOUT_S", "Timeout of one JSON-RPC request to a worker."),
-    FieldDoc("codex", "handshake_timeout_s", "BRIDGE_HANDSHAKE_TIMEOUT_S", "Timeout of a worker's initialize handshake."),
-    FieldDoc("codex", "first_token_timeout_s", "BRIDGE_FIRST_TOKEN_TIMEOUT_S", "Time to the first reply text before 504."),
-    FieldDoc("codex", "idle_timeout_s", "BRIDGE_IDLE_TIMEOUT_S", "Time between turn events before 504."),
-    FieldDoc("codex", "request_deadline_s", "BRIDGE_REQUEST_DEADLINE_S", "Overall time one request may take before 504."),
-    FieldDoc("codex", "restart_backoff_initial_s", "BRIDGE_RESTART_BACKOFF_INITIAL_S", "First delay before restarting a dead worker (doubles each time, with jitter)."),
-    FieldDoc("codex", "restart_backoff_max_s", "BRIDGE_RESTART_BACKOFF_MAX_S", "Longest restart delay."),
-    FieldDoc("codex", "healthy_reset_s", "BRIDGE_HEALTHY_RESET_S", "Uptime after which a worker's restart backoff starts over."),
-    FieldDoc("codex", "health_interval_s", "BRIDGE_HEALTH_INTERVAL_S", "Seconds between health probes of each worker."),
-    FieldDoc("codex", "stop_grace_s", "BRIDGE_STOP_GRACE_S", "After closing a worker's stdin, how long to wait before SIGTERM."),
-    FieldDoc("demo", "enabled", "BRIDGE_DEMO", "Run the built-in scripted model and point the workers at it."),
+    FieldDoc(
+        "codex",
+        "max_turns_per_worker",
+        "BRIDGE_MAX_TURNS_PER_WORKER",
+        "Concurrent turns one worker runs; more wait in the queue.",
+    ),
+    FieldDoc(
+        "codex",
+        "queue_limit",
+        "BRIDGE_QUEUE_LIMIT",
+        "Requests that may wait for a turn slot; beyond it, 429.",
+    ),
+    FieldDoc(
+        "codex",
+        "queue_timeout_s",
+        "BRIDGE_QUEUE_TIMEOUT_S",
+        "How long a request waits for a turn slot before 429.",
+    ),
+    FieldDoc(
+        "codex",
+        "rpc_timeout_s",
+        "BRIDGE_RPC_TIMEOUT_S",
+        "Timeout of one JSON-RPC request to a worker.",
+    ),
+    FieldDoc(
+        "codex",
+        "handshake_timeout_s",
+        "BRIDGE_HANDSHAKE_TIMEOUT_S",
+        "Timeout of a worker's initialize handshake.",
+    ),
+    FieldDoc(
+        "codex",
+        "first_token_timeout_s",
+        "BRIDGE_FIRST_TOKEN_TIMEOUT_S",
+        "Time to the first reply text before 504.",
+    ),
+    FieldDoc(
+        "codex", "idle_timeout_s", "BRIDGE_IDLE_TIMEOUT_S", "Time between turn events before 504."
+    ),
+    FieldDoc(
+        "codex",
+        "request_deadline_s",
+        "BRIDGE_REQUEST_DEADLINE_S",
+        "Overall time one request may take before 504.",
+    ),
+    FieldDoc(
+        "codex",
+        "restart_backoff_initial_s",
+        "BRIDGE_RESTART_BACKOFF_INITIAL_S",
+        "First delay before restarting a dead worker (doubles each time, with jitter).",
+    ),
+    FieldDoc(
+        "codex", "restart_backoff_max_s", "BRIDGE_RESTART_BACKOFF_MAX_S", "Longest restart delay."
+    ),
+    FieldDoc(
+        "codex",
+        "healthy_reset_s",
+        "BRIDGE_HEALTHY_RESET_S",
+        "Uptime after which a worker's restart backoff starts over.",
+    ),
+    FieldDoc(
+        "codex",
+        "health_interval_s",
+        "BRIDGE_HEALTH_INTERVAL_S",
+        "Seconds between health probes of each worker.",
+    ),
+    FieldDoc(
+        "codex",
+        "stop_grace_s",
+        "BRIDGE_STOP_GRACE_S",
+        "After closing a worker's stdin, how long to wait before SIGTERM.",
+    ),
+    FieldDoc(
+        "demo",
+        "enabled",
+        "BRIDGE_DEMO",
+        "Run the built-in scripted model and point the workers at it.",
+    ),
     FieldDoc("log", "level", "BRIDGE_LOG_LEVEL", "`debug`, `info`, `warning` or `error`."),
-    FieldDoc("log", "log_content", "BRIDGE_LOG_CONTENT", "Allow prompt and reply text in debug logs."),
+    FieldDoc(
+        "log", "log_content", "BRIDGE_LOG_CONTENT", "Allow prompt and reply text in debug logs."
+    ),
 )
 
 _LIST_SPLIT: Final = {"config_overrides": "\n", "models": ","}
@@ -237,7 +355,7 @@ def _describe(exc: ValidationError) -> str:
 def resolve_codex_bin(settings: Settings) -> str:
     if settings.codex.bin:
         return settings.codex.bin
-    from codex_cli_bin import bundled_codex_path
+    from codex_cli_bin import bundled_codex_path  # type: ignore[import-untyped]
 
     return str(bundled_codex_path())
 

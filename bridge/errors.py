@@ -94,9 +94,7 @@ class ModelNotFound(NotFound):
     default_code = "model_not_found"
 
     def __init__(self, model: str) -> None:
-        super().__init__(
-            f"The model `{model}` does not exist or you do not have access to it."
-        )
+        super().__init__(f"The model `{model}` does not exist or you do not have access to it.")
 
 
 class MethodNotAllowed(BridgeError):

@@ -25,8 +25,6 @@ from bridge.worker.pool import WorkerPool
 
 log = structlog.get_logger("bridge.server")
 
-# How often the drain loop looks at the number of turns still running.
-DRAIN_POLL_S: Final = 0.1
 # Startup waits this long for a first worker before telling systemd READY
 # anyway (then /readyz reports the truth).
 READY_WAIT_S: Final = 120.0
@@ -78,7 +76,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
         demo=settings.demo.enabled,
     )
     if host not in LOOPBACK_HOSTS:
-        log.warning("listening beyond loopback without API keys: anyone who can reach it may use it")
+        log.warning(
+            "listening beyond loopback without API keys: anyone who can reach it may use it"
+        )
 
     # The watchdog pings from the event loop itself, so a wedged loop stops
     # them; it also requires every worker's supervisor task to be alive.
@@ -100,12 +100,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
 
 async def _announce_ready(notifier: SystemdNotifier, pool: WorkerPool) -> None:
     ok = await pool.wait_ready(READY_WAIT_S)
-    notifier.ready(f"{pool.ready_count}/{len(pool.workers)} workers ready" if ok else "no worker ready yet")
+    notifier.ready(
+        f"{pool.ready_count}/{len(pool.workers)} workers ready" if ok else "no worker ready yet"
+    )
 
 
 async def _drain(pool: WorkerPool, deadline: float) -> None:
     """Waits for running turns to finish, up to the drain deadline."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(deadline):
-            while pool.active_turns > 0:
-                await asyncio.sleep(DRAIN_POLL_S)
+            await pool.wait_idle()

@@ -80,5 +80,5 @@ async def running_bridge(
 async def wait_until(predicate: Any, *, timeout: float, interval: float = 0.05) -> None:
     """Polls an observable condition, bounded; raises TimeoutError if it never holds."""
     async with asyncio.timeout(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - polls state owned by another task
             await asyncio.sleep(interval)

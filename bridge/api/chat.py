@@ -17,11 +17,11 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from bridge.api.middleware import ACCESS
 from bridge.api.schemas import ChatCompletionRequest
 from bridge.api.sse import ClientGone, SSEStream
 from bridge.api.turns import TurnSession
 from bridge.api.validation import parse_json_body
-from bridge.api.middleware import ACCESS
 from bridge.appkeys import CATALOG, SETTINGS
 from bridge.catalog import CatalogEntry
 from bridge.codex.events import Failed, Finished, TextDelta, Usage
@@ -176,9 +176,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         return await _complete(session, req.model, headers)
 
 
-async def _complete(
-    session: TurnSession, model: str, headers: dict[str, str]
-) -> web.Response:
+async def _complete(session: TurnSession, model: str, headers: dict[str, str]) -> web.Response:
     parts: list[str] = []
     while True:
         event = await session.next_event()

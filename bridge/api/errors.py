@@ -65,6 +65,4 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return response
     except Exception:
         log.exception("unhandled error", path=request.path)
-        return error_response(
-            BridgeError("The server had an error while processing your request.")
-        )
+        return error_response(BridgeError("The server had an error while processing your request."))

@@ -230,7 +230,9 @@ class ResponseRenderer:
             "arguments": "",
         }
         self.output.append(item)
-        frames.append(self._event("response.output_item.added", {"output_index": index, "item": dict(item)}))
+        frames.append(
+            self._event("response.output_item.added", {"output_index": index, "item": dict(item)})
+        )
         frames.append(
             self._event(
                 "response.function_call_arguments.delta",
@@ -245,7 +247,9 @@ class ResponseRenderer:
         )
         item["arguments"] = arguments
         item["status"] = "completed"
-        frames.append(self._event("response.output_item.done", {"output_index": index, "item": item}))
+        frames.append(
+            self._event("response.output_item.done", {"output_index": index, "item": item})
+        )
         return frames
 
     def complete(self, usage: Usage) -> list[Frame]:

@@ -44,7 +44,7 @@ class _Model(BaseModel):
 class _Request(_Model):
     def ignored_params(self) -> list[str]:
         """Given parameters the bridge does not act on: sampling knobs and unknown fields."""
-        names = [
+        names: list[str] = [
             name
             for name in UNHONORED_SAMPLING
             if name in type(self).model_fields and getattr(self, name) is not None
@@ -140,7 +140,12 @@ class FunctionMessage(_Model):
 
 
 ChatMessage = Annotated[
-    SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage,
+    SystemMessage
+    | DeveloperMessage
+    | UserMessage
+    | AssistantMessage
+    | ToolMessage
+    | FunctionMessage,
     Field(discriminator="role"),
 ]
 

@@ -19,7 +19,6 @@ from types import TracebackType
 from typing import Final
 
 import structlog
-
 from aiohttp import web
 
 from bridge.api.middleware import ACCESS, METRICS, AccessRecord

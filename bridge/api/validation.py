@@ -97,11 +97,13 @@ def to_invalid_request(exc: ValidationError, data: Any) -> InvalidRequest:
     if kind == "missing":
         param, _ = _path(tuple(error["loc"]), data)
         return InvalidRequest(
-            f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
         )
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         discriminator = str(ctx.get("discriminator", "'type'")).strip("'")
-        base, node = _path(tuple(error["loc"]), data)
+        base, _ = _path(tuple(error["loc"]), data)
         param = f"{base}.{discriminator}" if base else discriminator
         if kind == "union_tag_not_found":
             return InvalidRequest(
@@ -133,8 +135,10 @@ def to_invalid_request(exc: ValidationError, data: Any) -> InvalidRequest:
         limit = ctx.get("le", ctx.get("lt", ctx.get("ge", ctx.get("gt"))))
         number = "integer" if isinstance(value, int) and isinstance(limit, int) else "decimal"
         direction = "above_max" if above else "below_min"
-        op = ("<=" if kind == "less_than_equal" else "<") if above else (
-            ">=" if kind == "greater_than_equal" else ">"
+        op = (
+            ("<=" if kind == "less_than_equal" else "<")
+            if above
+            else (">=" if kind == "greater_than_equal" else ">")
         )
         return InvalidRequest(
             f"Invalid '{param}': {number} {'above maximum' if above else 'below minimum'} value. "

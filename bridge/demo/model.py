@@ -71,7 +71,9 @@ class DemoModel:
         app.router.add_post("/v1/responses", self._responses)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/healthz", self._healthz)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1)
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=1
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
@@ -92,7 +94,12 @@ class DemoModel:
             {
                 "object": "list",
                 "data": [
-                    {"id": DEMO_MODEL_ID, "object": "model", "created": 0, "owned_by": "codex-bridge-demo"}
+                    {
+                        "id": DEMO_MODEL_ID,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "codex-bridge-demo",
+                    }
                 ],
             }
         )
@@ -103,8 +110,17 @@ class DemoModel:
             if not isinstance(body, dict):
                 raise ValueError("body is not an object")
         except ValueError:
-            return web.json_response({"error": {"message": "bad body", "type": "invalid_request_error",
-                                                "code": None, "param": None}}, status=400)
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "bad body",
+                        "type": "invalid_request_error",
+                        "code": None,
+                        "param": None,
+                    }
+                },
+                status=400,
+            )
         self._requests.append(body)
         del self._requests[:-MAX_RECORDED]
         script = parse_script(body)
@@ -113,12 +129,20 @@ class DemoModel:
         if script.status is not None and script.status >= 400:
             headers = {"retry-after": "1"} if script.status == 429 else {}
             return web.json_response(
-                {"error": {"message": f"scripted {script.status}", "type": "server_error",
-                           "code": None, "param": None}},
+                {
+                    "error": {
+                        "message": f"scripted {script.status}",
+                        "type": "server_error",
+                        "code": None,
+                        "param": None,
+                    }
+                },
                 status=script.status,
                 headers=headers,
             )
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await response.prepare(request)
         with contextlib.suppress(ConnectionResetError):
             await self._stream(response, script, str(body.get("model") or DEMO_MODEL_ID))
@@ -132,33 +156,65 @@ class DemoModel:
         async def send(event_type: str, data: dict[str, Any]) -> None:
             data["type"] = event_type
             data["sequence_number"] = next(seq)
-            await response.write(b"event: " + event_type.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n")
+            await response.write(
+                b"event: " + event_type.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+            )
 
-        base = {"id": rid, "object": "response", "created_at": 0, "model": model, "status": "in_progress", "output": []}
+        base = {
+            "id": rid,
+            "object": "response",
+            "created_at": 0,
+            "model": model,
+            "status": "in_progress",
+            "output": [],
+        }
         await send("response.created", {"response": base})
         await send("response.in_progress", {"response": base})
         output: list[dict[str, Any]] = []
         text_deltas = 0
         if script.tool_calls:
             for index, call in enumerate(script.tool_calls):
-                item = {"id": f"fc_demo_{n}_{index}", "type": "function_call", "status": "in_progress",
-                        "call_id": f"call_demo_{n}_{index}", "name": call.name, "arguments": ""}
+                item = {
+                    "id": f"fc_demo_{n}_{index}",
+                    "type": "function_call",
+                    "status": "in_progress",
+                    "call_id": f"call_demo_{n}_{index}",
+                    "name": call.name,
+                    "arguments": "",
+                }
                 await send("response.output_item.added", {"output_index": index, "item": item})
                 half = len(call.arguments) // 2
                 for chunk in (call.arguments[:half], call.arguments[half:]):
-                    await send("response.function_call_arguments.delta",
-                               {"item_id": item["id"], "output_index": index, "delta": chunk})
-                await send("response.function_call_arguments.done",
-                           {"item_id": item["id"], "output_index": index, "arguments": call.arguments})
+                    await send(
+                        "response.function_call_arguments.delta",
+                        {"item_id": item["id"], "output_index": index, "delta": chunk},
+                    )
+                await send(
+                    "response.function_call_arguments.done",
+                    {"item_id": item["id"], "output_index": index, "arguments": call.arguments},
+                )
                 done = {**item, "status": "completed", "arguments": call.arguments}
                 await send("response.output_item.done", {"output_index": index, "item": done})
                 output.append(done)
         else:
             item_id = f"msg_demo_{n}"
-            message = {"id": item_id, "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+            message = {
+                "id": item_id,
+                "type": "message",
+                "status": "in_progress",
+                "role": "assistant",
+                "content": [],
+            }
             await send("response.output_item.added", {"output_index": 0, "item": message})
-            await send("response.content_part.added", {"item_id": item_id, "output_index": 0, "content_index": 0,
-                                                       "part": {"type": "output_text", "text": "", "annotations": []}})
+            await send(
+                "response.content_part.added",
+                {
+                    "item_id": item_id,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": []},
+                },
+            )
             if script.garbage:
                 await response.write(b"data: this is not json\n\n")
                 return
@@ -168,14 +224,25 @@ class DemoModel:
                     await self._hang()
                     return
                 if script.fail_after is not None and text_deltas >= script.fail_after:
-                    failed = {**base, "status": "failed",
-                              "error": {"code": "server_error", "message": "scripted response.failed"}}
+                    failed = {
+                        **base,
+                        "status": "failed",
+                        "error": {"code": "server_error", "message": "scripted response.failed"},
+                    }
                     await send("response.failed", {"response": failed})
                     return
                 if script.delay_ms:
                     await asyncio.sleep(script.delay_ms / 1000)
-                await send("response.output_text.delta",
-                           {"item_id": item_id, "output_index": 0, "content_index": 0, "delta": delta, "logprobs": []})
+                await send(
+                    "response.output_text.delta",
+                    {
+                        "item_id": item_id,
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": delta,
+                        "logprobs": [],
+                    },
+                )
                 sent.append(delta)
                 text_deltas += 1
             if script.hang_after is not None:
@@ -183,10 +250,20 @@ class DemoModel:
                 return
             text = "".join(sent)
             part = {"type": "output_text", "text": text, "annotations": []}
-            await send("response.output_text.done", {"item_id": item_id, "output_index": 0, "content_index": 0,
-                                                     "text": text, "logprobs": []})
-            await send("response.content_part.done", {"item_id": item_id, "output_index": 0, "content_index": 0,
-                                                      "part": part})
+            await send(
+                "response.output_text.done",
+                {
+                    "item_id": item_id,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "text": text,
+                    "logprobs": [],
+                },
+            )
+            await send(
+                "response.content_part.done",
+                {"item_id": item_id, "output_index": 0, "content_index": 0, "part": part},
+            )
             done_message = {**message, "status": "completed", "content": [part]}
             await send("response.output_item.done", {"output_index": 0, "item": done_message})
             output.append(done_message)
@@ -198,7 +275,10 @@ class DemoModel:
             "output_tokens_details": {"reasoning_tokens": script.reasoning_tokens},
             "total_tokens": script.input_tokens + output_tokens,
         }
-        await send("response.completed", {"response": {**base, "status": "completed", "output": output, "usage": usage}})
+        await send(
+            "response.completed",
+            {"response": {**base, "status": "completed", "output": output, "usage": usage}},
+        )
 
     async def _hang(self) -> None:
         with contextlib.suppress(TimeoutError):

@@ -126,7 +126,9 @@ def parse_script(body: dict[str, Any]) -> Script:
             if name == "tool" and value:
                 calls.append(ToolCallSpec(name=value, arguments=args))
             elif name == "shell" and value:
-                calls.append(ToolCallSpec(name="exec_command", arguments=json.dumps({"cmd": value})))
+                calls.append(
+                    ToolCallSpec(name="exec_command", arguments=json.dumps({"cmd": value}))
+                )
 
     return Script(
         reply=reply,

@@ -17,7 +17,15 @@ from typing import Any, Final, TextIO
 import orjson
 import structlog
 
-_SECRET_KEYS: Final = ("authorization", "api_key", "apikey", "token", "password", "secret", "cookie")
+_SECRET_KEYS: Final = (
+    "authorization",
+    "api_key",
+    "apikey",
+    "token",
+    "password",
+    "secret",
+    "cookie",
+)
 _CONTENT_KEYS: Final = frozenset({"prompt", "content", "text", "messages", "input", "delta"})
 REDACTED: Final = "[redacted]"
 
@@ -43,7 +51,9 @@ def _serialize(event: Any, **_: Any) -> str:
     return orjson.dumps(event, default=str).decode()
 
 
-def configure_logging(level: str, *, log_content: bool = False, stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str, *, log_content: bool = False, stream: TextIO | None = None
+) -> None:
     numeric = logging.getLevelName(level.upper())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,

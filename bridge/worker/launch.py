@@ -54,9 +54,7 @@ PLAIN_OVERRIDES: Final = (
 _ENV_DROP_PREFIXES: Final = ("BRIDGE_", "NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_")
 
 
-def worker_argv(
-    codex_bin: str, *, profile: str, operator_overrides: Sequence[str]
-) -> list[str]:
+def worker_argv(codex_bin: str, *, profile: str, operator_overrides: Sequence[str]) -> list[str]:
     """`codex -c ... app-server`; operator overrides come last so they win."""
     overrides: list[str] = [*STARTUP_NETWORK_OFF]
     if profile == "plain":

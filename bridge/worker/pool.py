@@ -83,6 +83,11 @@ class WorkerPool:
             for task in waits:
                 task.cancel()
 
+    async def wait_idle(self) -> None:
+        """Returns once no turn is running (the drain on shutdown)."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.active_turns == 0)
+
     async def stop(self) -> None:
         self.closing = True
         await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
@@ -160,7 +165,7 @@ class WorkerPool:
             ) from None
         finally:
             self.waiting -= 1
-    
+
     def _pick(self) -> Worker | None:
         best: Worker | None = None
         for worker in self.workers:
@@ -188,4 +193,3 @@ class WorkerPool:
     def _restarted(self, worker: Worker, reason: str) -> None:
         log.warning("worker restart", worker=worker.id, reason=reason, restarts=worker.restarts)
         self.observer.restarted(reason)
-

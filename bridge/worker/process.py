@@ -85,7 +85,11 @@ class ChildProcess:
         if self._proc.returncode is None:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 self.stdin.close()
-            for sig, wait in ((None, grace), (signal.SIGTERM, term_grace), (signal.SIGKILL, KILL_WAIT_S)):
+            for sig, wait in (
+                (None, grace),
+                (signal.SIGTERM, term_grace),
+                (signal.SIGKILL, KILL_WAIT_S),
+            ):
                 if sig is not None:
                     self._signal(sig)
                 with contextlib.suppress(TimeoutError):

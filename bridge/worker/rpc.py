@@ -242,7 +242,10 @@ class RpcConnection:
             raise
         except Exception:
             self._log.exception("server request handler failed", worker=self._name, method=method)
-            reply = {"id": request_id, "error": {"code": INTERNAL_ERROR, "message": "internal error"}}
+            reply = {
+                "id": request_id,
+                "error": {"code": INTERNAL_ERROR, "message": "internal error"},
+            }
         with contextlib.suppress(ConnectionClosed):
             await self._send(reply)
 

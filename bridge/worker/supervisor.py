@@ -234,7 +234,11 @@ class Worker:
 
     async def _handshake(self, conn: RpcConnection) -> bool:
         params = {
-            "clientInfo": {"name": CLIENT_NAME, "title": CLIENT_NAME, "version": self.config.version},
+            "clientInfo": {
+                "name": CLIENT_NAME,
+                "title": CLIENT_NAME,
+                "version": self.config.version,
+            },
             "capabilities": {
                 "experimentalApi": True,
                 "optOutNotificationMethods": list(OPT_OUT_NOTIFICATIONS),
@@ -267,7 +271,7 @@ class Worker:
                 return "exited"
 
     def _on_notification(self, method: str, params: dict[str, Any]) -> None:
-        if method == "configWarning" or method == "warning" and "threadId" not in params:
+        if method == "configWarning" or (method == "warning" and "threadId" not in params):
             self._log.warning("codex warning", method=method, summary=params.get("summary"))
             return
         self._router.dispatch(method, params)

@@ -23,7 +23,9 @@ def chat(text: str, **extra: Any) -> dict[str, Any]:
     return {"model": DEMO_MODEL_ID, "messages": [{"role": "user", "content": text}], **extra}
 
 
-async def test_non_streaming_chat_returns_the_models_reply_with_usage(bridge: RunningBridge) -> None:
+async def test_non_streaming_chat_returns_the_models_reply_with_usage(
+    bridge: RunningBridge,
+) -> None:
     status, _, body = await post_chat(bridge, chat("hi [[reply=Bonjour tout le monde]]"))
     assert status == 200, body
     assert body["object"] == "chat.completion"
@@ -150,7 +152,9 @@ async def test_model_issued_cat_of_a_host_file_never_reaches_model_or_client(
     assert status == 200, body
     assert "TOP-SECRET-7f3a9c" not in orjson.dumps(body).decode()
     upstream_after_call = [
-        r for r in bridge.demo.requests if any(
+        r
+        for r in bridge.demo.requests
+        if any(
             isinstance(i, dict) and i.get("type") == "function_call_output"
             for i in r.get("input", [])
         )
@@ -171,7 +175,10 @@ async def test_invalid_requests_get_400_in_the_openai_envelope(bridge: RunningBr
     cases: list[tuple[Any, str | None]] = [
         ({"model": DEMO_MODEL_ID}, "messages"),
         ({**chat("x"), "stream": -1}, "stream"),
-        ({"model": DEMO_MODEL_ID, "messages": [{"role": "bot", "content": "x"}]}, "messages[0].role"),
+        (
+            {"model": DEMO_MODEL_ID, "messages": [{"role": "bot", "content": "x"}]},
+            "messages[0].role",
+        ),
         ({**chat("x"), "n": "2"}, "n"),
         ({**chat("x"), "temperature": 3}, "temperature"),
     ]

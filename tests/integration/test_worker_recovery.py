@@ -44,7 +44,10 @@ async def test_worker_killed_mid_stream_yields_terminal_error_and_next_request_s
     async with aiohttp.ClientSession() as http:
         async with http.post(
             f"{bridge.base_url}/v1/chat/completions",
-            json={"model": DEMO_MODEL_ID, "messages": [{"role": "user", "content": "[[reply=back]]"}]},
+            json={
+                "model": DEMO_MODEL_ID,
+                "messages": [{"role": "user", "content": "[[reply=back]]"}],
+            },
         ) as r:
             assert r.status == 200
             reply = await r.json()
@@ -64,8 +67,10 @@ async def test_worker_killed_during_non_streaming_request_yields_502(
         request = asyncio.ensure_future(
             http.post(f"{bridge.base_url}/v1/chat/completions", json=body)
         )
-        await wait_until(lambda: bridge.pool.active_turns == 1 and len(bridge.demo.requests) >= 1,
-                         timeout=RECOVERY_TIMEOUT_S)
+        await wait_until(
+            lambda: bridge.pool.active_turns == 1 and len(bridge.demo.requests) >= 1,
+            timeout=RECOVERY_TIMEOUT_S,
+        )
         worker.kill()
         response = await request
         assert response.status == 502
