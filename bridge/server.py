@@ -68,9 +68,10 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
         await runner.cleanup()
         return 1
     pool = app[POOL]
+    bound_host, bound_port = runner.addresses[0][:2]
     log.info(
         "codex-bridge listening",
-        url=f"http://{host}:{port}",
+        url=f"http://{bound_host}:{bound_port}",
         workers=len(pool.workers),
         profile=settings.codex.profile,
         demo=settings.demo.enabled,

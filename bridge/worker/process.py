@@ -33,8 +33,11 @@ class ProcessSpec:
 
 
 class ChildProcess:
-    def __init__(self, proc: asyncio.subprocess.Process, logger: Any, name: str) -> None:
+    def __init__(
+        self, proc: asyncio.subprocess.Process, logger: Any, name: str, env: Mapping[str, str]
+    ) -> None:
         self._proc = proc
+        self.spawn_env = env
         self._log = logger
         self._name = name
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -55,7 +58,7 @@ class ChildProcess:
             start_new_session=True,
             limit=MAX_LINE_BYTES,
         )
-        return cls(proc, logger, name)
+        return cls(proc, logger, name, env)
 
     @property
     def pid(self) -> int:

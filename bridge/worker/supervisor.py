@@ -37,9 +37,9 @@ CLIENT_NAME: Final = "codex-bridge"
 # Backoff jitter: each delay is scaled by a random factor in [1 - J, 1 + J] so
 # several workers (or instances) that died together do not restart in lockstep.
 BACKOFF_JITTER: Final = 0.2
-# The health probe is a cheap read that exercises the worker's request loop.
+# The health probe is a cheap read that exercises the worker's request loop;
+# it gets the ordinary RPC timeout.
 HEALTH_PROBE_METHOD: Final = "thread/loaded/list"
-HEALTH_PROBE_TIMEOUT_S: Final = 10.0
 
 
 class WorkerState(enum.Enum):
@@ -261,7 +261,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.config.health_interval_s)
             try:
-                await conn.request(HEALTH_PROBE_METHOD, {}, timeout=HEALTH_PROBE_TIMEOUT_S)
+                await conn.request(HEALTH_PROBE_METHOD, {}, timeout=self.config.rpc_timeout_s)
             except RpcError:
                 continue  # an answer, even an error, proves the loop is alive
             except RpcTimeout:
