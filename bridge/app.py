@@ -28,6 +28,9 @@ from bridge.catalog import CatalogEntry, ModelCatalog
 from bridge.codex.turn import TurnLimits
 from bridge.config import Settings, resolve_codex_bin, resolve_codex_home
 from bridge.demo import DEMO_MODEL_ID, DemoModel
+from bridge.ops import auth
+from bridge.ops.admission import KEY_LIMITS, KeyLimits
+from bridge.ops.auth import AUTH, auth_middleware, build_policy, metrics_guard
 from bridge.ops.metrics import Metrics
 from bridge.worker.launch import prepare_codex_home, prepare_workdir, worker_argv, worker_env
 from bridge.worker.pool import WorkerPool
@@ -45,11 +48,12 @@ CATALOG_DISCOVERY_TIMEOUT_S: Final = 120.0
 def make_app(settings: Settings, *, environ: Mapping[str, str] | None = None) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[request_context_middleware, error_middleware],
+        middlewares=[request_context_middleware, error_middleware, auth_middleware],
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics(version=version("codex-bridge"), codex_version=CODEX_VERSION)
     app.on_response_prepare.append(add_response_headers)
+    app.on_response_prepare.append(auth.add_ratelimit_headers)
     app[LIMITS] = TurnLimits(
         first_token_s=settings.codex.first_token_timeout_s,
         idle_s=settings.codex.idle_timeout_s,
@@ -57,6 +61,8 @@ def make_app(settings: Settings, *, environ: Mapping[str, str] | None = None) ->
     )
     app[CATALOG] = ModelCatalog(_static_models(settings))
     env = dict(os.environ if environ is None else environ)
+    app[AUTH] = build_policy(settings, env)
+    app[KEY_LIMITS] = KeyLimits()
 
     if settings.demo.enabled:
         app.cleanup_ctx.append(_demo_ctx)
@@ -67,7 +73,11 @@ def make_app(settings: Settings, *, environ: Mapping[str, str] | None = None) ->
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model:.+}", models.get_model)
     app.router.add_post("/v1/chat/completions", chat.create_chat_completion)
-    app.router.add_get("/metrics", make_aiohttp_handler(app[METRICS].registry))
+    app.router.add_get(
+        "/metrics",
+        metrics_guard(settings.server.metrics_access, make_aiohttp_handler(app[METRICS].registry)),
+    )
+    app.router.add_route("*", "/auth/verify", auth.verify)
     return app
 
 

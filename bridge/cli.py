@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"codex-bridge: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "check-config":
-        print(orjson.dumps(settings.model_dump(), option=orjson.OPT_INDENT_2).decode())
+        effective = settings.model_dump()
+        effective["auth"]["api_keys"] = ["[redacted]"] * len(settings.auth.api_keys)
+        print(orjson.dumps(effective, option=orjson.OPT_INDENT_2).decode())
         return 0
     from bridge.server import serve
 

@@ -8,6 +8,7 @@ nothing of what uses them.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -42,6 +43,7 @@ class ServerSettings(_Frozen):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8140
     max_body_bytes: Annotated[int, Field(ge=1024)] = 16 * MiB
+    metrics_access: Literal["loopback", "key", "open"] = "loopback"
     sse_keepalive_s: Annotated[float, Field(gt=0)] = 15.0
     shutdown_timeout_s: Annotated[float, Field(ge=0)] = 30.0
 
@@ -79,6 +81,22 @@ class CodexSettings(_Frozen):
         return value
 
 
+class AuthSettings(_Frozen):
+    api_keys: tuple[str, ...] = ()
+    keys_file: str | None = None
+    protect_models: bool = True
+    trusted_proxies: tuple[str, ...] = ()
+    identity_header: str = "X-Bridge-Key-Name"
+    allow_anonymous_remote: bool = False
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+
 class DemoSettings(_Frozen):
     enabled: bool = False
 
@@ -91,6 +109,7 @@ class LogSettings(_Frozen):
 class Settings(_Frozen):
     server: ServerSettings = ServerSettings()
     codex: CodexSettings = CodexSettings()
+    auth: AuthSettings = AuthSettings()
     demo: DemoSettings = DemoSettings()
     log: LogSettings = LogSettings()
 
@@ -119,6 +138,12 @@ FIELDS: Final = (
         "max_body_bytes",
         "BRIDGE_MAX_BODY_BYTES",
         "Request body limit; larger bodies get 413.",
+    ),
+    FieldDoc(
+        "server",
+        "metrics_access",
+        "BRIDGE_METRICS_ACCESS",
+        "`/metrics` for `loopback` peers only, for callers with an API `key`, or `open`.",
     ),
     FieldDoc(
         "server",
@@ -248,6 +273,42 @@ FIELDS: Final = (
         "After closing a worker's stdin, how long to wait before SIGTERM.",
     ),
     FieldDoc(
+        "auth",
+        "api_keys",
+        "BRIDGE_API_KEYS",
+        "API keys, each `KEY`, `NAME:KEY` or `NAME:KEY:MAX_CONCURRENT` (env: comma-separated). Prefer the keys file.",
+    ),
+    FieldDoc(
+        "auth",
+        "keys_file",
+        "BRIDGE_API_KEYS_FILE",
+        "File with one key entry per line; empty means `$CREDENTIALS_DIRECTORY/api-keys` when systemd provides it.",
+    ),
+    FieldDoc(
+        "auth",
+        "protect_models",
+        "BRIDGE_AUTH_PROTECT_MODELS",
+        "Require a key for `/v1/models` too (other `/v1/*` routes always need one when keys exist).",
+    ),
+    FieldDoc(
+        "auth",
+        "trusted_proxies",
+        "BRIDGE_TRUSTED_PROXIES",
+        "Proxy addresses/CIDRs whose identity header is believed (env: comma-separated).",
+    ),
+    FieldDoc(
+        "auth",
+        "identity_header",
+        "BRIDGE_AUTH_IDENTITY_HEADER",
+        "Header carrying the caller's key name from a trusted proxy (Traefik `authResponseHeaders`).",
+    ),
+    FieldDoc(
+        "auth",
+        "allow_anonymous_remote",
+        "BRIDGE_ALLOW_ANONYMOUS_REMOTE",
+        "Listen beyond loopback with no API keys (only behind an authenticating proxy).",
+    ),
+    FieldDoc(
         "demo",
         "enabled",
         "BRIDGE_DEMO",
@@ -259,7 +320,12 @@ FIELDS: Final = (
     ),
 )
 
-_LIST_SPLIT: Final = {"config_overrides": "\n", "models": ","}
+_LIST_SPLIT: Final = {
+    "config_overrides": "\n",
+    "models": ",",
+    "api_keys": ",",
+    "trusted_proxies": ",",
+}
 
 
 def _section_model(section: str) -> type[BaseModel]:

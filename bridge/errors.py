@@ -8,6 +8,7 @@ Each leaf maps to exactly one ``(status, type, code)``::
     ├── InvalidRequest                  400 invalid_request_error  (code/param per case)
     │   └── ContextLengthExceeded       400 invalid_request_error  context_length_exceeded
     ├── AuthenticationFailed            401 invalid_request_error  invalid_api_key
+    ├── PermissionDenied                403 permission_error       -
     ├── NotFound                        404 invalid_request_error  (code per case)
     │   └── ModelNotFound               404 invalid_request_error  model_not_found
     ├── MethodNotAllowed                405 invalid_request_error  -
@@ -83,6 +84,11 @@ class AuthenticationFailed(BridgeError):
     status = 401
     type = "invalid_request_error"
     default_code = "invalid_api_key"
+
+
+class PermissionDenied(BridgeError):
+    status = 403
+    type = "permission_error"
 
 
 class NotFound(BridgeError):

@@ -19,6 +19,7 @@ from aiohttp import web
 from bridge.app import make_app
 from bridge.appkeys import POOL
 from bridge.config import Settings
+from bridge.ops.auth import AUTH
 from bridge.ops.logging import configure_logging
 from bridge.ops.systemd import SystemdNotifier
 from bridge.worker.pool import WorkerPool
@@ -51,6 +52,17 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
 
     notifier = SystemdNotifier()
     app = make_app(settings)
+    host = settings.server.host
+    if not app[AUTH].enabled:
+        if host not in LOOPBACK_HOSTS and not settings.auth.allow_anonymous_remote:
+            log.error(
+                "refusing to listen beyond loopback without API keys",
+                host=host,
+                fix="configure auth.api_keys / BRIDGE_API_KEYS, or set "
+                "BRIDGE_ALLOW_ANONYMOUS_REMOTE=true behind an authenticating proxy",
+            )
+            return 2
+        log.warning("no API keys configured: every caller that can reach the listener is served")
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a client that hangs up cancels its handler at once
@@ -59,7 +71,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
         shutdown_timeout=CANCEL_GRACE_S,
     )
     await runner.setup()
-    host, port = settings.server.host, settings.server.port
+    port = settings.server.port
     site = web.TCPSite(runner, host, port)
     try:
         await site.start()

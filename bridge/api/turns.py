@@ -25,7 +25,9 @@ from bridge.api.middleware import ACCESS, METRICS, AccessRecord
 from bridge.appkeys import LIMITS, POOL
 from bridge.codex.events import Failed, Finished, TextDelta, TurnEvent, Usage
 from bridge.codex.turn import Turn, TurnRequest
-from bridge.errors import BridgeError, DeadlineExceeded
+from bridge.errors import BridgeError, DeadlineExceeded, RateLimited
+from bridge.ops.admission import KEY_LIMITS
+from bridge.ops.auth import API_KEY
 
 log = structlog.get_logger("bridge.turns")
 
@@ -41,6 +43,7 @@ class TurnSession:
         self, http_request: web.Request, request: TurnRequest, *, endpoint: str, stream: bool
     ) -> None:
         app = http_request.app
+        self._http = http_request
         self._pool = app[POOL]
         self._limits = app[LIMITS]
         self._metrics = app[METRICS]
@@ -60,6 +63,17 @@ class TurnSession:
 
     async def __aenter__(self) -> TurnSession:
         try:
+            key = self._http.get(API_KEY)
+            if key is not None and key.max_concurrent is not None:
+                try:
+                    await self._stack.enter_async_context(
+                        self._http.app[KEY_LIMITS].hold(
+                            key.name, key.max_concurrent, self._pool.queue_timeout_s
+                        )
+                    )
+                except RateLimited:
+                    self._metrics.rejected("key_limit")
+                    raise
             worker = await self._stack.enter_async_context(self._pool.lease())
             self.worker_id = self._record.worker = worker.id
             structlog.contextvars.bind_contextvars(worker=worker.id)

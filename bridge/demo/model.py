@@ -41,6 +41,8 @@ class DemoModel:
         self._requests: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
         self._stopping = asyncio.Event()
+        self.aborted_streams = 0
+        """Streams whose client (Codex) went away before the end: interrupted turns."""
 
     @property
     def requests(self) -> list[dict[str, Any]]:
@@ -144,8 +146,15 @@ class DemoModel:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        with contextlib.suppress(ConnectionResetError):
+        finished = False
+        try:
             await self._stream(response, script, str(body.get("model") or DEMO_MODEL_ID))
+            finished = True
+        except ConnectionResetError:
+            pass
+        finally:
+            if not finished:
+                self.aborted_streams += 1
         return response
 
     async def _stream(self, response: web.StreamResponse, script: Script, model: str) -> None:

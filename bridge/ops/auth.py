@@ -1,0 +1,258 @@
+"""API keys: parsing, hashed constant-time lookup, the auth middleware and Traefik's ForwardAuth.
+
+Keys come from the settings (`auth.api_keys`, `BRIDGE_API_KEYS`) and a keys
+file (`auth.keys_file`, or systemd's `$CREDENTIALS_DIRECTORY/api-keys`).
+Each entry is `KEY`, `NAME:KEY` or `NAME:KEY:MAX_CONCURRENT`. Only SHA-256
+digests are kept; a presented key is hashed and compared against every
+digest with `hmac.compare_digest`. Logs and headers carry the key's name and
+an 8-hex fingerprint, never the key.
+
+Behind Traefik's ForwardAuth the bridge can also trust an identity header,
+but only from configured proxy addresses (anyone else could forge it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+from aiohttp import web
+
+from bridge.api.errors import error_response
+from bridge.api.middleware import ACCESS
+from bridge.errors import AuthenticationFailed, PermissionDenied
+
+log = structlog.get_logger("bridge.auth")
+
+KEY_NAME_HEADER: Final = "X-Bridge-Key-Name"
+KEY_ID_HEADER: Final = "X-Bridge-Key-Id"
+CREDENTIAL_NAME: Final = "api-keys"
+_MISSING: Final = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization "
+    "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
+
+
+class KeyFormatError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    fingerprint: str
+    max_concurrent: int | None
+    digest: bytes
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def parse_key_entry(entry: str, *, default_name: str) -> ApiKey:
+    parts = entry.strip().split(":")
+    if len(parts) == 1:
+        name, key, limit = default_name, parts[0], None
+    elif len(parts) == 2:
+        name, key, limit = parts[0], parts[1], None
+    elif len(parts) == 3:
+        name, key, limit = parts
+    else:
+        raise KeyFormatError("expected KEY, NAME:KEY or NAME:KEY:MAX_CONCURRENT")
+    if len(key) < 8:
+        raise KeyFormatError(f"key for {name!r} is shorter than 8 characters")
+    max_concurrent = None
+    if limit:
+        if not limit.isdigit() or int(limit) < 1:
+            raise KeyFormatError(f"max concurrency for {name!r} must be a positive integer")
+        max_concurrent = int(limit)
+    digest = _digest(key)
+    return ApiKey(
+        name=name, fingerprint=digest.hex()[:8], max_concurrent=max_concurrent, digest=digest
+    )
+
+
+def read_keys_file(path: Path) -> list[str]:
+    lines = path.read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+class KeyStore:
+    def __init__(self, keys: Iterable[ApiKey]) -> None:
+        self._keys = tuple(keys)
+
+    @classmethod
+    def from_sources(
+        cls, entries: Iterable[str], keys_file: str | None, env: Mapping[str, str]
+    ) -> KeyStore:
+        raw = list(entries)
+        path = Path(keys_file) if keys_file else None
+        credentials = env.get("CREDENTIALS_DIRECTORY")
+        if path is None and credentials and (Path(credentials) / CREDENTIAL_NAME).is_file():
+            path = Path(credentials) / CREDENTIAL_NAME
+        if path is not None:
+            raw.extend(read_keys_file(path))
+        return cls(parse_key_entry(e, default_name=f"key{i + 1}") for i, e in enumerate(raw))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def lookup(self, presented: str) -> ApiKey | None:
+        digest = _digest(presented)
+        found = None
+        # Every digest is compared, matched or not, so timing says nothing.
+        for key in self._keys:
+            if hmac.compare_digest(key.digest, digest):
+                found = key
+        return found
+
+    def by_name(self, name: str) -> ApiKey | None:
+        return next((k for k in self._keys if k.name == name), None)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _mask(token: str) -> str:
+    return f"{token[:3]}***{token[-3:]}" if len(token) > 8 else "***"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthPolicy:
+    store: KeyStore
+    protect_models: bool
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    identity_header: str
+
+    @property
+    def enabled(self) -> bool:
+        return len(self.store) > 0
+
+    def trusts(self, peer: str | None) -> bool:
+        if not peer or not self.trusted_proxies:
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_proxies)
+
+    def authenticate(self, request: web.Request) -> ApiKey:
+        """The caller's key, or AuthenticationFailed (401)."""
+        if self.trusts(request.remote):
+            name = request.headers.get(self.identity_header)
+            if name:
+                forwarded = self.store.by_name(name)
+                return forwarded or ApiKey(
+                    name=name, fingerprint="forwarded", max_concurrent=None, digest=b""
+                )
+        token = bearer_token(request)
+        if token is None:
+            raise AuthenticationFailed(_MISSING, code=None)
+        key = self.store.lookup(token)
+        if key is None:
+            raise AuthenticationFailed(
+                f"Incorrect API key provided: {_mask(token)}. Check the key and try again."
+            )
+        return key
+
+    def protects(self, path: str) -> bool:
+        if path.startswith("/v1/models"):
+            return self.protect_models
+        return path.startswith("/v1/")
+
+
+API_KEY: Final = web.RequestKey("api_key", ApiKey)
+AUTH: Final = web.AppKey("auth", AuthPolicy)
+
+
+def _unauthorized(error: AuthenticationFailed) -> web.Response:
+    response = error_response(error)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="codex-bridge"'
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    policy = request.app[AUTH]
+    if policy.enabled and policy.protects(request.path):
+        try:
+            key = policy.authenticate(request)
+        except AuthenticationFailed as exc:
+            return _unauthorized(exc)
+        request[API_KEY] = key
+        request[ACCESS].key_name = key.name
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
+async def verify(request: web.Request) -> web.Response:
+    """Traefik ForwardAuth: 204 with the key's identity headers, or 401 in the OpenAI envelope."""
+    policy = request.app[AUTH]
+    if not policy.enabled:
+        return web.Response(status=204, headers={KEY_NAME_HEADER: "anonymous"})
+    try:
+        key = policy.authenticate(request)
+    except AuthenticationFailed as exc:
+        return _unauthorized(exc)
+    request[ACCESS].key_name = key.name
+    return web.Response(
+        status=204, headers={KEY_NAME_HEADER: key.name, KEY_ID_HEADER: key.fingerprint}
+    )
+
+
+LOOPBACK_PEERS: Final = frozenset({"127.0.0.1", "::1"})
+
+
+def metrics_guard(access: str, handler: Any) -> Any:
+    """Wraps the /metrics handler: loopback peers only, API-key holders, or anyone."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        if access == "loopback" and request.remote not in LOOPBACK_PEERS:
+            return error_response(PermissionDenied("/metrics is served to loopback peers only."))
+        if access == "key":
+            policy = request.app[AUTH]
+            if policy.enabled:
+                try:
+                    policy.authenticate(request)
+                except AuthenticationFailed as exc:
+                    return _unauthorized(exc)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return guarded
+
+
+def build_policy(settings: Any, env: Mapping[str, str] | None = None) -> AuthPolicy:
+    auth = settings.auth
+    store = KeyStore.from_sources(auth.api_keys, auth.keys_file, os.environ if env is None else env)
+    return AuthPolicy(
+        store=store,
+        protect_models=auth.protect_models,
+        trusted_proxies=tuple(ipaddress.ip_network(c, strict=False) for c in auth.trusted_proxies),
+        identity_header=auth.identity_header,
+    )
+
+
+async def add_ratelimit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """OpenAI-style request limits, where they mean something: a key's concurrency cap."""
+    from bridge.ops.admission import KEY_LIMITS
+
+    key = request.get(API_KEY)
+    if key is None or key.max_concurrent is None:
+        return
+    in_use = request.app[KEY_LIMITS].in_use(key.name)
+    response.headers["x-ratelimit-limit-requests"] = str(key.max_concurrent)
+    response.headers["x-ratelimit-remaining-requests"] = str(max(0, key.max_concurrent - in_use))
