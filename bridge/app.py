@@ -20,18 +20,19 @@ import structlog
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from bridge.api import chat, health, models
+from bridge.api import chat, health, models, responses
 from bridge.api.errors import error_middleware
 from bridge.api.middleware import METRICS, add_response_headers, request_context_middleware
-from bridge.appkeys import CATALOG, LIMITS, POOL, SETTINGS
+from bridge.appkeys import CATALOG, LIMITS, POOL, SETTINGS, STORE
 from bridge.catalog import CatalogEntry, ModelCatalog
 from bridge.codex.turn import TurnLimits
-from bridge.config import Settings, resolve_codex_bin, resolve_codex_home
+from bridge.config import Settings, resolve_codex_bin, resolve_codex_home, resolve_store_path
 from bridge.demo import DEMO_MODEL_ID, DemoModel
 from bridge.ops import auth
 from bridge.ops.admission import KEY_LIMITS, KeyLimits
 from bridge.ops.auth import AUTH, auth_middleware, build_policy, metrics_guard
 from bridge.ops.metrics import Metrics
+from bridge.store import SqliteResponseStore
 from bridge.worker.launch import prepare_codex_home, prepare_workdir, worker_argv, worker_env
 from bridge.worker.pool import WorkerPool
 from bridge.worker.supervisor import WorkerConfig
@@ -64,6 +65,7 @@ def make_app(settings: Settings, *, environ: Mapping[str, str] | None = None) ->
     app[AUTH] = build_policy(settings, env)
     app[KEY_LIMITS] = KeyLimits()
 
+    app.cleanup_ctx.append(_store_ctx)
     if settings.demo.enabled:
         app.cleanup_ctx.append(_demo_ctx)
     app.cleanup_ctx.append(lambda a: _pool_ctx(a, env))
@@ -73,6 +75,8 @@ def make_app(settings: Settings, *, environ: Mapping[str, str] | None = None) ->
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model:.+}", models.get_model)
     app.router.add_post("/v1/chat/completions", chat.create_chat_completion)
+    app.router.add_post("/v1/responses", responses.create_response)
+    app.router.add_get("/v1/responses/{response_id}", responses.get_response)
     app.router.add_get(
         "/metrics",
         metrics_guard(settings.server.metrics_access, make_aiohttp_handler(app[METRICS].registry)),
@@ -96,6 +100,16 @@ def _static_models(settings: Settings) -> list[CatalogEntry]:
             0, CatalogEntry(id=DEMO_MODEL_ID, codex_model=None, owned_by="codex-bridge", created=0)
         )
     return entries
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = SqliteResponseStore(
+        resolve_store_path(settings), ttl_s=settings.store.ttl_days * 24 * 3600
+    )
+    app[STORE] = store
+    yield
+    await store.close()
 
 
 async def _demo_ctx(app: web.Application) -> AsyncIterator[None]:

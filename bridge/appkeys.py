@@ -9,9 +9,11 @@ from aiohttp import web
 from bridge.catalog import ModelCatalog
 from bridge.codex.turn import TurnLimits
 from bridge.config import Settings
+from bridge.store import ResponseStore
 from bridge.worker.pool import WorkerPool
 
 SETTINGS: Final = web.AppKey("settings", Settings)
 CATALOG: Final = web.AppKey("catalog", ModelCatalog)
 POOL: Final = web.AppKey("pool", WorkerPool)
 LIMITS: Final = web.AppKey("limits", TurnLimits)
+STORE: Final = web.AppKey("store", ResponseStore)

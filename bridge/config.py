@@ -97,6 +97,11 @@ class AuthSettings(_Frozen):
         return value
 
 
+class StoreSettings(_Frozen):
+    path: str | None = None
+    ttl_days: Annotated[float, Field(gt=0)] = 30.0
+
+
 class DemoSettings(_Frozen):
     enabled: bool = False
 
@@ -110,6 +115,7 @@ class Settings(_Frozen):
     server: ServerSettings = ServerSettings()
     codex: CodexSettings = CodexSettings()
     auth: AuthSettings = AuthSettings()
+    store: StoreSettings = StoreSettings()
     demo: DemoSettings = DemoSettings()
     log: LogSettings = LogSettings()
 
@@ -309,6 +315,18 @@ FIELDS: Final = (
         "Listen beyond loopback with no API keys (only behind an authenticating proxy).",
     ),
     FieldDoc(
+        "store",
+        "path",
+        "BRIDGE_STORE_PATH",
+        "SQLite file of stored responses; empty means `bridge.sqlite3` beside the Codex home.",
+    ),
+    FieldDoc(
+        "store",
+        "ttl_days",
+        "BRIDGE_STORE_TTL_DAYS",
+        "How long a stored response can be fetched or continued.",
+    ),
+    FieldDoc(
         "demo",
         "enabled",
         "BRIDGE_DEMO",
@@ -436,6 +454,12 @@ def resolve_codex_home(settings: Settings, env: Mapping[str, str] | None = None)
         return Path(state.split(":")[0]) / "codex-home"
     xdg = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(xdg) / "codex-bridge" / "codex-home"
+
+
+def resolve_store_path(settings: Settings, env: Mapping[str, str] | None = None) -> Path:
+    if settings.store.path:
+        return Path(settings.store.path).expanduser()
+    return resolve_codex_home(settings, env).parent / "bridge.sqlite3"
 
 
 def _format_default(value: Any) -> str:

@@ -17,15 +17,21 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from bridge.api.conversation import Said, build_turn_request
 from bridge.api.middleware import ACCESS
-from bridge.api.schemas import ChatCompletionRequest
+from bridge.api.schemas import (
+    AssistantMessage,
+    ChatCompletionRequest,
+    JSONObjectFormat,
+    JSONSchemaFormat,
+)
 from bridge.api.sse import ClientGone, SSEStream
 from bridge.api.turns import TurnSession
 from bridge.api.validation import parse_json_body
 from bridge.appkeys import CATALOG, SETTINGS
 from bridge.catalog import CatalogEntry
 from bridge.codex.events import Failed, Finished, TextDelta, Usage
-from bridge.codex.turn import HistoryMessage, TurnRequest
+from bridge.codex.turn import TurnRequest
 from bridge.errors import BridgeError, InvalidRequest
 
 IGNORED_PARAMS_HEADER: Final = "x-codex-bridge-ignored-params"
@@ -56,7 +62,11 @@ def usage_object(usage: Usage) -> dict[str, Any]:
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens, "audio_tokens": 0},
+        "prompt_tokens_details": {
+            "cached_tokens": usage.cached_input_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "audio_tokens": 0,
+        },
         "completion_tokens_details": {
             "reasoning_tokens": usage.reasoning_tokens,
             "audio_tokens": 0,
@@ -89,52 +99,31 @@ def _text_of(content: Any, param: str) -> str:
 
 
 def to_turn_request(req: ChatCompletionRequest, entry: CatalogEntry) -> TurnRequest:
-    instructions: list[str] = []
-    history: list[HistoryMessage] = []
-    seen_conversation = False
+    conversation: list[Said] = []
     for i, message in enumerate(req.messages):
-        role = message.role
-        param = f"messages[{i}].content"
-        if role in ("system", "developer"):
-            text = _text_of(message.content, param)
-            if seen_conversation:
-                history.append(HistoryMessage("developer", text))
-            else:
-                instructions.append(text)
-        elif role == "user":
-            seen_conversation = True
-            history.append(HistoryMessage("user", _text_of(message.content, param)))
-        elif role == "assistant":
-            seen_conversation = True
-            if getattr(message, "tool_calls", None) or getattr(message, "function_call", None):
-                raise InvalidRequest(
-                    "Assistant tool calls in the history are not supported yet.",
-                    param=f"messages[{i}].tool_calls",
-                )
-            history.append(HistoryMessage("assistant", _text_of(message.content, param)))
-        else:
+        if message.role in ("tool", "function"):
             raise InvalidRequest(
-                f"Messages with role '{role}' are not supported yet.",
+                f"Messages with role '{message.role}' are not supported yet.",
                 param=f"messages[{i}].role",
             )
-    if not history or history[-1].role != "user":
-        raise InvalidRequest(
-            "The last message must have role 'user'.", param="messages", code="invalid_value"
-        )
+        if isinstance(message, AssistantMessage) and (message.tool_calls or message.function_call):
+            raise InvalidRequest(
+                "Assistant tool calls in the history are not supported yet.",
+                param=f"messages[{i}].tool_calls",
+            )
+        conversation.append(Said(message.role, _text_of(message.content, f"messages[{i}].content")))
     output_schema = None
     fmt = req.response_format
-    if fmt is not None and fmt.type == "json_schema":
+    if isinstance(fmt, JSONSchemaFormat):
         output_schema = fmt.json_schema.schema_ or {"type": "object"}
-    elif fmt is not None and fmt.type == "json_object":
+    elif isinstance(fmt, JSONObjectFormat):
         raise InvalidRequest(
             "response_format 'json_object' is not supported yet; use 'json_schema'.",
             param="response_format",
         )
-    return TurnRequest(
-        input=history[-1].text,
-        model=entry.codex_model,
-        instructions="\n\n".join(instructions) if instructions else None,
-        history=tuple(history[:-1]),
+    return build_turn_request(
+        conversation,
+        codex_model=entry.codex_model,
         effort=req.reasoning_effort,
         output_schema=output_schema,
     )

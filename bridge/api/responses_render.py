@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from bridge.codex.events import Usage
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, InvalidRequest, RateLimited
 
 
 def response_id() -> str:
@@ -31,10 +31,22 @@ def message_id() -> str:
     return "msg_" + secrets.token_hex(24)
 
 
+def response_error_code(error: BridgeError) -> str:
+    """`response.error.code` is a closed set in the SDK; bridge codes map onto it."""
+    if isinstance(error, RateLimited):
+        return "rate_limit_exceeded"
+    if isinstance(error, InvalidRequest):
+        return "invalid_prompt"
+    return "server_error"
+
+
 def usage_object(usage: Usage) -> dict[str, Any]:
     return {
         "input_tokens": usage.input_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "input_tokens_details": {
+            "cached_tokens": usage.cached_input_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+        },
         "output_tokens": usage.output_tokens,
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.total_tokens,
@@ -275,6 +287,6 @@ class ResponseRenderer:
         frames = self._close_message()
         self.usage = usage
         self.status = "failed"
-        self.error = {"code": error.code or "server_error", "message": error.message}
+        self.error = {"code": response_error_code(error), "message": error.message}
         frames.append(self._event("response.failed", {"response": self.response_object()}))
         return frames

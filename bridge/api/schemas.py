@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 SamplingFloat = Annotated[float, Field(ge=0, le=2)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
@@ -261,3 +261,179 @@ class ChatCompletionRequest(_Request):
     web_search_options: dict[str, Any] | None = None
     service_tier: str | None = None
     store: bool | None = None
+
+
+# -- /v1/completions (legacy) --------------------------------------------------------------
+class CompletionRequest(_Request):
+    model: Annotated[str, Field(min_length=1)]
+    prompt: str | list[str] | list[int] | list[list[int]]
+    suffix: str | None = None
+    echo: bool | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    best_of: Annotated[int, Field(ge=1, le=20)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    stop: Stop | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    temperature: SamplingFloat | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    seed: int | None = None
+    user: str | None = None
+
+
+# -- /v1/responses ---------------------------------------------------------------------------
+class InputText(_Model):
+    type: Literal["input_text"]
+    text: str
+
+
+class OutputText(_Model):
+    type: Literal["output_text"]
+    text: str
+
+
+class InputImage(_Model):
+    type: Literal["input_image"]
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: Literal["auto", "low", "high", "original"] | None = None
+
+
+class InputFile(_Model):
+    type: Literal["input_file"]
+
+
+class Refusal(_Model):
+    type: Literal["refusal"]
+    refusal: str
+
+
+InputPart = Annotated[
+    InputText | OutputText | InputImage | InputFile | Refusal, Field(discriminator="type")
+]
+
+
+class InputMessage(_Model):
+    type: Literal["message"] | None = None
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[InputPart]
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallItem(_Model):
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputItem(_Model):
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str | list[dict[str, Any]]
+    id: str | None = None
+    status: str | None = None
+
+
+class OtherItem(_Model):
+    """Reasoning and other item types: accepted, and handled or refused by the endpoint."""
+
+    type: str
+
+
+def _item_kind(item: Any) -> str:
+    kind = item.get("type") if isinstance(item, dict) else getattr(item, "type", None)
+    if kind in (None, "message"):
+        return "message"
+    if kind in ("function_call", "function_call_output"):
+        return str(kind)
+    return "other"
+
+
+InputItem = Annotated[
+    Annotated[InputMessage, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[OtherItem, Tag("other")],
+    Discriminator(_item_kind),
+]
+
+
+class FlatFunctionTool(_Model):
+    type: Literal["function"]
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class FormatText(_Model):
+    type: Literal["text"]
+
+
+class FormatJSONObject(_Model):
+    type: Literal["json_object"]
+
+
+class FormatJSONSchema(_Model):
+    type: Literal["json_schema"]
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class TextConfig(_Model):
+    format: (
+        Annotated[FormatText | FormatJSONObject | FormatJSONSchema, Field(discriminator="type")]
+        | None
+    ) = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class ReasoningConfig(_Model):
+    effort: ReasoningEffort | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: str | None = None
+
+
+class ResponsesStreamOptions(_Model):
+    include_obfuscation: bool | None = None
+
+
+class ResponseCreateRequest(_Request):
+    model: Annotated[str, Field(min_length=1)]
+    input: str | list[InputItem]
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    conversation: str | dict[str, Any] | None = None
+    store: bool | None = None
+    stream: bool | None = None
+    stream_options: ResponsesStreamOptions | None = None
+    tools: list[FlatFunctionTool | OtherTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    max_tool_calls: Annotated[int, Field(ge=1)] | None = None
+    text: TextConfig | None = None
+    reasoning: ReasoningConfig | None = None
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    include: list[str] | None = None
+    temperature: SamplingFloat | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    metadata: Annotated[dict[str, str], Field(max_length=16)] | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    service_tier: str | None = None
+    background: bool | None = None
+    prompt: dict[str, Any] | None = None

@@ -115,6 +115,12 @@ class TurnSession:
         finally:
             await self._stack.aclose()
 
+    def thread_and_turn(self) -> tuple[str | None, str | None]:
+        """Where the turn ran, for stored responses."""
+        if self._turn is None:
+            return None, None
+        return self._turn.thread_id, self._turn.turn_id
+
     async def next_event(self, *, keepalive_s: float | None = None) -> TurnEvent | None:
         """The next turn event, or None when `keepalive_s` passed without one."""
         assert self._turn is not None

@@ -37,6 +37,10 @@ class TurnRequest:
     """Prior conversation, oldest first, without the new input."""
     effort: str | None = None
     output_schema: dict[str, Any] | None = None
+    persist: bool = False
+    """Keep the thread on disk so a later request can continue it."""
+    continue_from: tuple[str, str] | None = None
+    """(thread id, turn id) of a stored response: fork that thread instead of starting one."""
     labels: dict[str, str] = field(default_factory=dict)
     """Free-form context for logs (endpoint, request id); never sent to Codex."""
 
@@ -52,6 +56,9 @@ class TurnLimits:
 
 class Turn(Protocol):
     """A running turn: events until one `Finished` or `Failed`, then nothing more."""
+
+    thread_id: str
+    turn_id: str | None
 
     async def next_event(self) -> TurnEvent:
         """The next event. Cancellation-safe: a timeout around it loses nothing."""

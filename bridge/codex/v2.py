@@ -24,7 +24,7 @@ import structlog
 from bridge.codex.errors import error_from_codex
 from bridge.codex.events import Failed, Finished, ReasoningDelta, TextDelta, TurnEvent, Usage
 from bridge.codex.turn import TurnRequest
-from bridge.errors import BridgeError, WorkerCrashed
+from bridge.errors import BridgeError, NotFound, WorkerCrashed
 from bridge.worker.rpc import ConnectionClosed, RpcConnection, RpcError, RpcTimeout
 
 log = structlog.get_logger("bridge.codex.v2")
@@ -106,7 +106,7 @@ class ThreadRouter:
 def thread_start_params(request: TurnRequest, settings: ThreadSettings) -> dict[str, Any]:
     params: dict[str, Any] = {
         "cwd": settings.cwd,
-        "ephemeral": True,
+        "ephemeral": not request.persist,
         "approvalPolicy": "never" if settings.profile == "plain" else "untrusted",
         "sandbox": "read-only",
     }
@@ -139,13 +139,26 @@ async def start_turn(
 ) -> V2Turn:
     """Open a thread, replay the history and start the turn. Raises BridgeError on failure."""
     timeout = settings.rpc_timeout_s
+    params = thread_start_params(request, settings)
+    method = "thread/start"
+    if request.continue_from is not None:
+        # Each continuation forks the stored thread up to its turn, so two
+        # requests continuing the same response never share a thread.
+        method = "thread/fork"
+        params["threadId"], params["lastTurnId"] = request.continue_from
+        params["excludeTurns"] = True
     try:
-        started = await conn.request(
-            "thread/start", thread_start_params(request, settings), timeout=timeout
-        )
+        started = await conn.request(method, params, timeout=timeout)
         thread_id = str(started["thread"]["id"])
-    except (ConnectionClosed, RpcTimeout, RpcError, KeyError, TypeError) as exc:
-        raise _as_bridge_error(exc, "thread/start") from exc
+    except RpcError as exc:
+        if method == "thread/fork":
+            raise NotFound(
+                "The stored conversation of previous_response_id can no longer be continued.",
+                param="previous_response_id",
+            ) from exc
+        raise _as_bridge_error(exc, method) from exc
+    except (ConnectionClosed, RpcTimeout, KeyError, TypeError) as exc:
+        raise _as_bridge_error(exc, method) from exc
 
     turn = V2Turn(conn, router, thread_id, settings)
     router.add(thread_id, turn)
@@ -189,6 +202,7 @@ def _usage_of(breakdown: Mapping[str, Any]) -> Usage:
         cached_input_tokens=int(breakdown.get("cachedInputTokens") or 0),
         output_tokens=int(breakdown.get("outputTokens") or 0),
         reasoning_tokens=int(breakdown.get("reasoningOutputTokens") or 0),
+        cache_write_tokens=int(breakdown.get("cacheWriteInputTokens") or 0),
     )
 
 

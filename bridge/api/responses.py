@@ -1,0 +1,228 @@
+"""`POST /v1/responses` and `GET /v1/responses/{id}`: the Responses API over Codex turns.
+
+Input items become a conversation (`bridge.api.conversation`), the turn runs
+in a `TurnSession`, and `ResponseRenderer` turns its events into the
+`response` object or the typed SSE event sequence. With `store` (OpenAI's
+default) the response is saved with its Codex thread, and a later
+`previous_response_id` forks that thread so nothing is re-sent.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from bridge.api.conversation import Said, build_turn_request
+from bridge.api.middleware import ACCESS
+from bridge.api.responses_render import Frame, ResponseEcho, ResponseRenderer
+from bridge.api.schemas import (
+    FormatJSONObject,
+    FormatJSONSchema,
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    InputMessage,
+    InputText,
+    OtherItem,
+    OutputText,
+    Refusal,
+    ResponseCreateRequest,
+)
+from bridge.api.sse import ClientGone, SSEStream
+from bridge.api.turns import TurnSession
+from bridge.api.validation import parse_json_body
+from bridge.appkeys import CATALOG, SETTINGS, STORE
+from bridge.codex.events import Failed, Finished, TextDelta
+from bridge.errors import BridgeError, InvalidRequest, NotFound
+from bridge.store import StoredResponse
+
+IGNORED_PARAMS_HEADER: Final = "x-codex-bridge-ignored-params"
+# Items Codex CLI and others send back that carry nothing the model needs here.
+_SKIPPED_ITEMS: Final = frozenset({"reasoning", "item_reference"})
+
+
+def _refuse(message: str, param: str) -> InvalidRequest:
+    return InvalidRequest(message, param=param, code="unsupported_parameter")
+
+
+def conversation_of(req: ResponseCreateRequest) -> list[Said]:
+    if isinstance(req.input, str):
+        return [Said("user", req.input)]
+    said: list[Said] = []
+    for i, item in enumerate(req.input):
+        if isinstance(item, InputMessage):
+            if isinstance(item.content, str):
+                said.append(Said(item.role, item.content))
+                continue
+            texts: list[str] = []
+            for j, part in enumerate(item.content):
+                if isinstance(part, Refusal):
+                    texts.append(part.refusal)
+                elif isinstance(part, InputText | OutputText):
+                    texts.append(part.text)
+                else:
+                    raise _refuse(
+                        f"Content parts of type '{part.type}' are not supported yet.",
+                        f"input[{i}].content[{j}]",
+                    )
+            said.append(Said(item.role, "\n".join(texts)))
+        elif isinstance(item, FunctionCallItem | FunctionCallOutputItem):
+            raise _refuse("Function call items are not supported yet.", f"input[{i}]")
+        elif isinstance(item, OtherItem) and item.type not in _SKIPPED_ITEMS:
+            raise _refuse(f"Input items of type '{item.type}' are not supported.", f"input[{i}]")
+    return said
+
+
+def _check_supported(req: ResponseCreateRequest) -> None:
+    if req.tools:
+        raise _refuse("Tools are not supported yet on /v1/responses.", "tools")
+    if req.conversation is not None:
+        raise _refuse("Conversations are not supported; use previous_response_id.", "conversation")
+    if req.background:
+        raise _refuse("Background responses are not supported.", "background")
+    if req.text and isinstance(req.text.format, FormatJSONObject):
+        raise _refuse(
+            "text.format 'json_object' is not supported yet; use 'json_schema'.", "text.format"
+        )
+
+
+def _ignored(req: ResponseCreateRequest) -> list[str]:
+    ignored = req.ignored_params()
+    if req.max_output_tokens is not None:
+        ignored.append("max_output_tokens")  # not enforced yet: said, not claimed
+    return ignored
+
+
+async def create_response(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    req = parse_json_body(await request.read(), ResponseCreateRequest)
+    entry = app[CATALOG].resolve(req.model)
+    _check_supported(req)
+    store = app[STORE]
+    keep = req.store is not False
+    continue_from = None
+    if req.previous_response_id:
+        previous = await store.get(req.previous_response_id)
+        if previous is None or previous.thread_id is None or previous.turn_id is None:
+            raise NotFound(
+                f"Previous response with id '{req.previous_response_id}' not found.",
+                param="previous_response_id",
+            )
+        continue_from = (previous.thread_id, previous.turn_id)
+    output_schema = None
+    if req.text and isinstance(req.text.format, FormatJSONSchema):
+        output_schema = req.text.format.schema_
+    turn_request = build_turn_request(
+        conversation_of(req),
+        codex_model=entry.codex_model,
+        instructions=req.instructions,
+        effort=req.reasoning.effort if req.reasoning else None,
+        output_schema=output_schema,
+        param="input",
+        persist=keep,
+        continue_from=continue_from,
+    )
+    echo = ResponseEcho(
+        model=req.model,
+        instructions=req.instructions,
+        max_output_tokens=req.max_output_tokens,
+        previous_response_id=req.previous_response_id,
+        store=keep,
+        metadata=dict(req.metadata or {}),
+        text=req.text.model_dump(by_alias=True, exclude_none=True)
+        if req.text and req.text.format
+        else {"format": {"type": "text"}},
+        reasoning_effort=req.reasoning.effort if req.reasoning else None,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        user=req.user,
+        parallel_tool_calls=req.parallel_tool_calls is not False,
+    )
+    renderer = ResponseRenderer(echo)
+    ignored = _ignored(req)
+    headers = {IGNORED_PARAMS_HEADER: ",".join(ignored)} if ignored else {}
+    request[ACCESS].model = req.model
+    session = TurnSession(request, turn_request, endpoint="responses", stream=bool(req.stream))
+    async with session:
+        if req.stream:
+            response: web.StreamResponse = await _stream(request, session, renderer, headers)
+        else:
+            response = await _complete(session, renderer, headers)
+        thread_id, turn_id = session.thread_and_turn()
+    if keep and renderer.status == "completed":
+        await store.put(
+            StoredResponse(
+                id=renderer.id,
+                thread_id=thread_id,
+                turn_id=turn_id,
+                created_at=time.time(),
+                body=renderer.response_object(),
+            )
+        )
+    return response
+
+
+async def _complete(
+    session: TurnSession, renderer: ResponseRenderer, headers: dict[str, str]
+) -> web.Response:
+    while True:
+        event = await session.next_event()
+        if isinstance(event, TextDelta):
+            renderer.text(event.text)
+        elif isinstance(event, Finished):
+            renderer.complete(event.usage)
+            return web.Response(
+                body=orjson.dumps(renderer.response_object()),
+                content_type="application/json",
+                headers=headers,
+            )
+        elif isinstance(event, Failed):
+            raise event.error
+
+
+async def _stream(
+    request: web.Request,
+    session: TurnSession,
+    renderer: ResponseRenderer,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    stream = SSEStream(request, headers)
+    await stream.open()
+    keepalive = request.app[SETTINGS].server.sse_keepalive_s
+
+    async def send(frames: list[Frame]) -> None:
+        for event_type, data in frames:
+            await stream.event(event_type, data)
+
+    try:
+        await send(renderer.start())
+        while True:
+            try:
+                event = await session.next_event(keepalive_s=keepalive)
+            except BridgeError as exc:
+                await send(renderer.fail(exc, None))
+                break
+            if event is None:
+                await stream.keepalive()
+            elif isinstance(event, TextDelta):
+                await send(renderer.text(event.text))
+            elif isinstance(event, Finished):
+                await send(renderer.complete(event.usage))
+                break
+            elif isinstance(event, Failed):
+                await send(renderer.fail(event.error, event.usage))
+                break
+    except ClientGone:
+        request[ACCESS].outcome = "client_disconnected"
+    return await stream.close()
+
+
+async def get_response(request: web.Request) -> web.Response:
+    response_id = request.match_info["response_id"]
+    record = await request.app[STORE].get(response_id)
+    if record is None:
+        raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+    body: dict[str, Any] = record.body
+    return web.Response(body=orjson.dumps(body), content_type="application/json")

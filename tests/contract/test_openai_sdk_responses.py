@@ -1,0 +1,194 @@
+"""The Responses API through the official SDK, every payload validated by the SDK's own models."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
+
+from bridge.demo import DEMO_MODEL_ID
+from tests.harness import RunningBridge, bridge_test_settings, running_bridge
+
+EVENT = TypeAdapter(ResponseStreamEvent)
+
+
+@pytest.fixture
+async def client(bridge: RunningBridge) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=f"{bridge.base_url}/v1", api_key="unused", max_retries=0
+    ) as sdk:
+        yield sdk
+
+
+async def test_non_streaming_response_validates_and_has_output_text(
+    client: openai.AsyncOpenAI,
+) -> None:
+    raw = await client.responses.with_raw_response.create(
+        model=DEMO_MODEL_ID, input="hi [[reply=Hello there]]", metadata={"k": "v"}
+    )
+    body = orjson.loads(raw.content)
+    response = Response.model_validate(body)
+    assert response.status == "completed"
+    assert response.output_text == "Hello there"
+    assert response.id.startswith("resp_")
+    assert response.output[0].id.startswith("msg_")  # type: ignore[union-attr]
+    assert response.usage is not None and response.usage.output_tokens == 2
+    assert response.metadata == {"k": "v"}
+    assert body["store"] is True
+
+
+async def test_streaming_events_come_in_openai_order_with_sequence_numbers(
+    bridge: RunningBridge,
+    client: openai.AsyncOpenAI,
+) -> None:
+    async with client.responses.with_streaming_response.create(
+        model=DEMO_MODEL_ID, input="[[words=4]]", stream=True
+    ) as raw:
+        lines = [line async for line in raw.iter_lines()]
+    events: list[tuple[str, dict[str, Any]]] = []
+    pending_type = None
+    for line in lines:
+        if line.startswith("event: "):
+            pending_type = line[len("event: ") :]
+        elif line.startswith("data: "):
+            data = orjson.loads(line[len("data: ") :])
+            assert data["type"] == pending_type
+            EVENT.validate_python(data)
+            events.append((pending_type, data))
+    types = [t for t, _ in events]
+    assert types == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * 4,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [d["sequence_number"] for _, d in events] == list(range(len(events)))
+    ids = {d["response"]["id"] for t, d in events if "response" in d}
+    assert len(ids) == 1
+    final = events[-1][1]["response"]
+    assert Response.model_validate(final).output_text == "w1 w2 w3 w4"
+    assert "[DONE]" not in "".join(lines)
+
+
+async def test_sdk_stream_helper_gets_the_final_response(client: openai.AsyncOpenAI) -> None:
+    async with client.responses.stream(model=DEMO_MODEL_ID, input="[[reply=a b c]]") as stream:
+        async for _ in stream:
+            pass
+        final = await stream.get_final_response()
+    assert final.output_text == "a b c"
+
+
+async def test_instructions_and_input_roles_reach_the_model(client: openai.AsyncOpenAI) -> None:
+    response = await client.responses.create(
+        model=DEMO_MODEL_ID,
+        instructions="Speak like a pirate.",
+        input=[
+            {"role": "user", "content": "earlier"},
+            {"role": "assistant", "content": "arr"},
+            {"role": "user", "content": [{"type": "input_text", "text": "now [[echo_input]]"}]},
+        ],
+    )
+    seen = response.output_text.splitlines()
+    assert seen[0] == "developer: Speak like a pirate."
+    assert seen.index("user: earlier") < seen.index("assistant: arr") < len(seen) - 1
+
+
+async def test_previous_response_id_continues_the_codex_thread(
+    client: openai.AsyncOpenAI,
+) -> None:
+    first = await client.responses.create(model=DEMO_MODEL_ID, input="first [[reply=one]]")
+    second = await client.responses.create(
+        model=DEMO_MODEL_ID, input="second [[echo_input]]", previous_response_id=first.id
+    )
+    seen = second.output_text.splitlines()
+    assert "user: first [[reply=one]]" in seen
+    assert "assistant: one" in seen
+    assert seen[-1] == "user: second [[echo_input]]"
+    retrieved = await client.responses.retrieve(second.id)
+    assert retrieved.output_text == second.output_text
+    assert retrieved.previous_response_id == first.id
+
+
+async def test_unknown_previous_response_id_is_404(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as error:
+        await client.responses.create(
+            model=DEMO_MODEL_ID, input="x", previous_response_id="resp_nope"
+        )
+    assert error.value.param == "previous_response_id"
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve("resp_nope")
+
+
+async def test_store_false_is_not_retrievable(client: openai.AsyncOpenAI) -> None:
+    response = await client.responses.create(model=DEMO_MODEL_ID, input="x", store=False)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(response.id)
+
+
+async def test_json_schema_format_reaches_codex_as_output_schema(
+    bridge: RunningBridge, client: openai.AsyncOpenAI
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string"}, "ok": {"type": "boolean"}},
+        "required": ["answer", "ok"],
+        "additionalProperties": False,
+    }
+    response = await client.responses.create(
+        model=DEMO_MODEL_ID,
+        input="[[json]]",
+        text={"format": {"type": "json_schema", "name": "result", "schema": schema}},
+    )
+    assert orjson.loads(response.output_text) == {"answer": "demo", "ok": True}
+    upstream_format = bridge.demo.requests[-1]["text"]["format"]
+    assert upstream_format["type"] == "json_schema"
+    assert upstream_format["schema"]["required"] == ["answer", "ok"]
+
+
+async def test_midstream_failure_ends_with_response_failed(client: openai.AsyncOpenAI) -> None:
+    async with client.responses.with_streaming_response.create(
+        model=DEMO_MODEL_ID, input="[[words=5]] [[fail_after=2]]", stream=True
+    ) as raw:
+        lines = [line async for line in raw.iter_lines()]
+    events = [orjson.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    assert events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["status"] == "failed"
+    assert events[-1]["response"]["error"]["code"] == "server_error"
+    for event in events:
+        EVENT.validate_python(event)
+
+
+async def test_unsupported_parameters_are_400_naming_the_param(
+    client: openai.AsyncOpenAI,
+) -> None:
+    with pytest.raises(openai.BadRequestError) as error:
+        await client.responses.create(
+            model=DEMO_MODEL_ID,
+            input="x",
+            tools=[{"type": "web_search"}],  # type: ignore[list-item]
+        )
+    assert error.value.param == "tools"
+
+
+async def test_previous_response_id_survives_a_bridge_restart(tmp_path: Path) -> None:
+    settings = bridge_test_settings(tmp_path / "home")
+    async with running_bridge(settings) as bridge:
+        async with openai.AsyncOpenAI(base_url=f"{bridge.base_url}/v1", api_key="x") as sdk:
+            first = await sdk.responses.create(model=DEMO_MODEL_ID, input="remember [[reply=42]]")
+    async with running_bridge(settings) as bridge:
+        async with openai.AsyncOpenAI(base_url=f"{bridge.base_url}/v1", api_key="x") as sdk:
+            second = await sdk.responses.create(
+                model=DEMO_MODEL_ID, input="[[echo_input]]", previous_response_id=first.id
+            )
+    assert "assistant: 42" in second.output_text.splitlines()
