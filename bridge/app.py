@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from bridge.api import chat, health, models, responses
+from bridge.api import chat, completions, health, models, responses
 from bridge.api.errors import error_middleware
 from bridge.api.middleware import METRICS, add_response_headers, request_context_middleware
 from bridge.appkeys import CATALOG, LIMITS, POOL, SETTINGS, STORE
@@ -75,6 +75,7 @@ def make_app(settings: Settings, *, environ: Mapping[str, str] | None = None) ->
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model:.+}", models.get_model)
     app.router.add_post("/v1/chat/completions", chat.create_chat_completion)
+    app.router.add_post("/v1/completions", completions.create_completion)
     app.router.add_post("/v1/responses", responses.create_response)
     app.router.add_get("/v1/responses/{response_id}", responses.get_response)
     app.router.add_get(
