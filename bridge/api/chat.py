@@ -18,6 +18,9 @@ import orjson
 from aiohttp import web
 
 from bridge.api.conversation import Said, build_turn_request
+from bridge.api.drive import drive
+from bridge.api.fanout import open_sessions
+from bridge.api.limits import OutputLimiter
 from bridge.api.middleware import ACCESS
 from bridge.api.schemas import (
     AssistantMessage,
@@ -26,22 +29,14 @@ from bridge.api.schemas import (
     JSONSchemaFormat,
 )
 from bridge.api.sse import ClientGone, SSEStream
-from bridge.api.turns import TurnSession
 from bridge.api.validation import parse_json_body
 from bridge.appkeys import CATALOG, SETTINGS
 from bridge.catalog import CatalogEntry
-from bridge.codex.events import Failed, Finished, TextDelta, Usage
+from bridge.codex.events import Usage
 from bridge.codex.turn import TurnRequest
 from bridge.errors import BridgeError, InvalidRequest
 
 IGNORED_PARAMS_HEADER: Final = "x-codex-bridge-ignored-params"
-
-_FINISH_REASONS: Final = {
-    "stop": "stop",
-    "interrupted": "stop",
-    "length": "length",
-    "tool_calls": "tool_calls",
-}
 
 # Parameters not carried to Codex yet; refused clearly rather than ignored.
 _NOT_YET: Final = (
@@ -133,17 +128,20 @@ def _check_supported(req: ChatCompletionRequest) -> None:
     for name, message in _NOT_YET:
         if getattr(req, name, None) is not None:
             raise InvalidRequest(message, param=name, code="unsupported_parameter")
-    if req.n is not None and req.n != 1:
-        raise InvalidRequest("Only n=1 is supported yet.", param="n", code="unsupported_value")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
+    if req.stream_options is not None and not req.stream:
+        raise InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
 
 
-def _ignored(req: ChatCompletionRequest) -> list[str]:
-    ignored = list(req.ignored_params())
-    # Not enforced yet: said out loud instead of silently claimed.
-    for name in ("max_tokens", "max_completion_tokens", "stop"):
-        if getattr(req, name, None) is not None and name not in ignored:
-            ignored.append(name)
-    return ignored
+def limiters_for(
+    stop: str | list[str] | None, max_tokens: int | None, n: int
+) -> list[OutputLimiter]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    return [OutputLimiter(stops, max_tokens) for _ in range(n)]
 
 
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
@@ -152,58 +150,92 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     entry = app[CATALOG].resolve(req.model)
     _check_supported(req)
     turn_request = to_turn_request(req, entry)
-    ignored = _ignored(req)
+    n = req.n or 1
+    max_tokens = req.max_completion_tokens or req.max_tokens
+    limiters = limiters_for(req.stop, max_tokens, n)
+    ignored = req.ignored_params()
     headers = {IGNORED_PARAMS_HEADER: ",".join(ignored)} if ignored else {}
     request[ACCESS].model = req.model
-    session = TurnSession(request, turn_request, endpoint="chat", stream=bool(req.stream))
     # Admission and turn start happen before any byte is sent, so their
     # errors are plain JSON with a real status (error middleware).
-    async with session:
+    async with open_sessions(
+        request, [turn_request] * n, endpoint="chat", stream=bool(req.stream)
+    ) as sessions:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await _stream(request, session, req.model, include_usage, headers)
-        return await _complete(session, req.model, headers)
+            stream = SSEStream(request, headers)
+            await stream.open()
+            writer = _ChunkWriter(stream, req.model, include_usage, n)
+            try:
+                await writer.roles()
+                await drive(
+                    sessions,
+                    limiters,
+                    writer,
+                    keepalive_s=app[SETTINGS].server.sse_keepalive_s,
+                )
+                await writer.end()
+            except BridgeError as exc:
+                await writer.error(exc)
+            except ClientGone:
+                request[ACCESS].outcome = "client_disconnected"
+            return await stream.close()
+        collector = _Collector(n)
+        await drive(sessions, limiters, collector)
+        return web.Response(
+            body=orjson.dumps(collector.body(req.model)),
+            content_type="application/json",
+            headers=headers,
+        )
 
 
-async def _complete(session: TurnSession, model: str, headers: dict[str, str]) -> web.Response:
-    parts: list[str] = []
-    while True:
-        event = await session.next_event()
-        if isinstance(event, TextDelta):
-            parts.append(event.text)
-        elif isinstance(event, Finished):
-            body = {
-                "id": completion_id(),
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "system_fingerprint": None,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": "".join(parts),
-                            "refusal": None,
-                            "annotations": [],
-                        },
-                        "logprobs": None,
-                        "finish_reason": _FINISH_REASONS[event.reason],
-                    }
-                ],
-                "usage": usage_object(event.usage),
-            }
-            return web.Response(
-                body=orjson.dumps(body), content_type="application/json", headers=headers
-            )
-        elif isinstance(event, Failed):
-            raise event.error
+class _Collector:
+    """ChoiceSink for the non-streaming answer."""
+
+    def __init__(self, n: int) -> None:
+        self.texts: list[list[str]] = [[] for _ in range(n)]
+        self.reasons = ["stop"] * n
+        self.usage = Usage()
+
+    async def text(self, index: int, text: str) -> None:
+        self.texts[index].append(text)
+
+    async def finish(self, index: int, reason: str, usage: Usage) -> None:
+        self.reasons[index] = reason
+        self.usage = self.usage + usage
+
+    async def keepalive(self) -> None:
+        pass
+
+    def body(self, model: str) -> dict[str, Any]:
+        return {
+            "id": completion_id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {
+                        "role": "assistant",
+                        "content": "".join(parts),
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": None,
+                    "finish_reason": self.reasons[i],
+                }
+                for i, parts in enumerate(self.texts)
+            ],
+            "usage": usage_object(self.usage),
+        }
 
 
 class _ChunkWriter:
-    """Pre-renders the constant parts of every chunk; the delta path only splices text."""
+    """ChoiceSink for streams. Pre-renders each choice's constant bytes: the delta path only splices text."""
 
-    def __init__(self, stream: SSEStream, model: str, include_usage: bool) -> None:
+    def __init__(self, stream: SSEStream, model: str, include_usage: bool, n: int) -> None:
         self._stream = stream
         self._base: dict[str, Any] = {
             "id": completion_id(),
@@ -213,9 +245,13 @@ class _ChunkWriter:
             "system_fingerprint": None,
         }
         self._include_usage = include_usage
+        self._usage = Usage()
         head = orjson.dumps(self._base)[:-1]
-        self._delta_prefix = head + b',"choices":[{"index":0,"delta":{"content":'
-        self._delta_suffix = (
+        self._prefixes = [
+            head + b',"choices":[{"index":' + str(i).encode() + b',"delta":{"content":'
+            for i in range(n)
+        ]
+        self._suffix = (
             b'},"logprobs":null,"finish_reason":null}]'
             + (b',"usage":null' if include_usage else b"")
             + b"}"
@@ -227,55 +263,30 @@ class _ChunkWriter:
             body["usage"] = None
         return orjson.dumps(body)
 
-    async def role(self) -> None:
-        delta = {"role": "assistant", "content": "", "refusal": None}
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+    async def roles(self) -> None:
+        # The role goes once per choice, in its first chunk: SDKs concatenate
+        # every string field of the deltas.
+        for i in range(len(self._prefixes)):
+            delta = {"role": "assistant", "content": "", "refusal": None}
+            choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": None}
+            await self._stream.data(self._chunk([choice]))
+
+    async def text(self, index: int, text: str) -> None:
+        await self._stream.data(self._prefixes[index] + orjson.dumps(text) + self._suffix)
+
+    async def finish(self, index: int, reason: str, usage: Usage) -> None:
+        self._usage = self._usage + usage
+        choice = {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
         await self._stream.data(self._chunk([choice]))
 
-    async def text(self, text: str) -> None:
-        await self._stream.data(self._delta_prefix + orjson.dumps(text) + self._delta_suffix)
+    async def keepalive(self) -> None:
+        await self._stream.keepalive()
 
-    async def finish(self, reason: str, usage: Usage) -> None:
-        choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}
-        await self._stream.data(self._chunk([choice]))
+    async def end(self) -> None:
         if self._include_usage:
-            await self._stream.data(self._chunk([], usage=usage_object(usage)))
+            await self._stream.data(self._chunk([], usage=usage_object(self._usage)))
         await self._stream.done()
 
     async def error(self, error: BridgeError) -> None:
         await self._stream.data(orjson.dumps(error.envelope()))
         await self._stream.done()
-
-
-async def _stream(
-    request: web.Request,
-    session: TurnSession,
-    model: str,
-    include_usage: bool,
-    headers: dict[str, str],
-) -> web.StreamResponse:
-    stream = SSEStream(request, headers)
-    await stream.open()
-    writer = _ChunkWriter(stream, model, include_usage)
-    keepalive = request.app[SETTINGS].server.sse_keepalive_s
-    try:
-        await writer.role()
-        while True:
-            try:
-                event = await session.next_event(keepalive_s=keepalive)
-            except BridgeError as exc:
-                await writer.error(exc)
-                break
-            if event is None:
-                await stream.keepalive()
-            elif isinstance(event, TextDelta):
-                await writer.text(event.text)
-            elif isinstance(event, Finished):
-                await writer.finish(_FINISH_REASONS[event.reason], event.usage)
-                break
-            elif isinstance(event, Failed):
-                await writer.error(event.error)
-                break
-    except ClientGone:
-        request[ACCESS].outcome = "client_disconnected"
-    return await stream.close()

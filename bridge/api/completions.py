@@ -16,19 +16,18 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from bridge.api.chat import IGNORED_PARAMS_HEADER
+from bridge.api.chat import IGNORED_PARAMS_HEADER, limiters_for
 from bridge.api.conversation import Said, build_turn_request
-from bridge.api.fanout import merged_events, open_sessions
+from bridge.api.drive import drive
+from bridge.api.fanout import open_sessions
 from bridge.api.middleware import ACCESS
 from bridge.api.schemas import CompletionRequest
 from bridge.api.sse import ClientGone, SSEStream
 from bridge.api.validation import parse_json_body
 from bridge.appkeys import CATALOG, SETTINGS
-from bridge.codex.events import Failed, Finished, TextDelta, Usage
+from bridge.codex.events import Usage
 from bridge.errors import BridgeError, InvalidRequest
 
-# Legacy completions know no tool calls; an interrupted turn ended early.
-_FINISH: Final = {"stop": "stop", "interrupted": "stop", "length": "length", "tool_calls": "stop"}
 # One request may fan out to at most this many turns.
 MAX_PROMPTS: Final = 16
 
@@ -61,20 +60,70 @@ def _check_supported(req: CompletionRequest) -> None:
         raise _refuse("Only best_of=1 is supported.", "best_of")
 
 
-def _ignored(req: CompletionRequest) -> list[str]:
-    ignored = req.ignored_params()
-    for name in ("max_tokens", "stop"):
-        if getattr(req, name) is not None:
-            ignored.append(name)  # not enforced yet: said, not claimed
-    return ignored
-
-
 def _usage(usage: Usage) -> dict[str, int]:
     return {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.total_tokens,
     }
+
+
+class _Choices:
+    """ChoiceSink for both shapes: collects, and writes frames when streaming."""
+
+    def __init__(
+        self, base: dict[str, Any], echo: list[str], stream: SSEStream | None, include_usage: bool
+    ) -> None:
+        self._base = base
+        self.texts = list(echo)
+        self.reasons = ["stop"] * len(echo)
+        self.usage = Usage()
+        self._stream = stream
+        self._include_usage = include_usage
+
+    def frame(self, index: int, text: str, finish: str | None) -> bytes:
+        choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+        body: dict[str, Any] = {**self._base, "choices": [choice]}
+        if self._include_usage:
+            body["usage"] = None
+        return orjson.dumps(body)
+
+    async def start(self) -> None:
+        if self._stream is not None:
+            for index, text in enumerate(self.texts):
+                if text:
+                    await self._stream.data(self.frame(index, text, None))
+
+    async def text(self, index: int, text: str) -> None:
+        if self._stream is not None:
+            await self._stream.data(self.frame(index, text, None))
+        else:
+            self.texts[index] += text
+
+    async def finish(self, index: int, reason: str, usage: Usage) -> None:
+        reason = "stop" if reason == "tool_calls" else reason
+        self.reasons[index] = reason
+        self.usage = self.usage + usage
+        if self._stream is not None:
+            await self._stream.data(self.frame(index, "", reason))
+
+    async def keepalive(self) -> None:
+        if self._stream is not None:
+            await self._stream.keepalive()
+
+    def body(self) -> dict[str, Any]:
+        choices = [
+            {"text": text, "index": i, "logprobs": None, "finish_reason": self.reasons[i]}
+            for i, text in enumerate(self.texts)
+        ]
+        return {**self._base, "choices": choices, "usage": _usage(self.usage)}
+
+    async def end(self) -> None:
+        assert self._stream is not None
+        if self._include_usage:
+            final = {**self._base, "choices": [], "usage": _usage(self.usage)}
+            await self._stream.data(orjson.dumps(final))
+        await self._stream.done()
 
 
 async def create_completion(request: web.Request) -> web.StreamResponse:
@@ -87,7 +136,8 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         build_turn_request([Said("user", p)], codex_model=entry.codex_model, param="prompt")
         for p in prompts
     ]
-    ignored = _ignored(req)
+    limiters = limiters_for(req.stop, req.max_tokens, len(prompts))
+    ignored = req.ignored_params()
     headers = {IGNORED_PARAMS_HEADER: ",".join(ignored)} if ignored else {}
     request[ACCESS].model = req.model
     base: dict[str, Any] = {
@@ -102,65 +152,26 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         request, turn_requests, endpoint="completions", stream=bool(req.stream)
     ) as sessions:
         if not req.stream:
-            texts = list(echo)
-            reasons = [""] * len(prompts)
-            total = Usage()
-            async for index, event in merged_events(sessions):
-                if isinstance(event, TextDelta):
-                    texts[index] += event.text
-                elif isinstance(event, Finished):
-                    reasons[index] = _FINISH[event.reason]
-                    total = total + event.usage
-                elif isinstance(event, Failed):
-                    raise event.error
-            body = {
-                **base,
-                "choices": [
-                    {"text": texts[i], "index": i, "logprobs": None, "finish_reason": reasons[i]}
-                    for i in range(len(prompts))
-                ],
-                "usage": _usage(total),
-            }
+            collected = _Choices(base, echo, None, False)
+            await drive(sessions, limiters, collected)
             return web.Response(
-                body=orjson.dumps(body), content_type="application/json", headers=headers
+                body=orjson.dumps(collected.body()),
+                content_type="application/json",
+                headers=headers,
             )
-
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         stream = SSEStream(request, headers)
         await stream.open()
-
-        def frame(index: int, text: str, finish: str | None) -> bytes:
-            choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
-            body: dict[str, Any] = {**base, "choices": [choice]}
-            if include_usage:
-                body["usage"] = None
-            return orjson.dumps(body)
-
-        total = Usage()
+        choices = _Choices(base, echo, stream, include_usage)
         try:
-            for index, text in enumerate(echo):
-                if text:
-                    await stream.data(frame(index, text, None))
-            keepalive = app[SETTINGS].server.sse_keepalive_s
-            async for index, event in merged_events(sessions, keepalive_s=keepalive):
-                if event is None:
-                    await stream.keepalive()
-                elif isinstance(event, TextDelta):
-                    await stream.data(frame(index, event.text, None))
-                elif isinstance(event, Finished):
-                    total = total + event.usage
-                    await stream.data(frame(index, "", _FINISH[event.reason]))
-                elif isinstance(event, Failed):
-                    await _stream_error(stream, event.error)
-                    return await stream.close()
-            if include_usage:
-                await stream.data(orjson.dumps({**base, "choices": [], "usage": _usage(total)}))
+            await choices.start()
+            await drive(
+                sessions, limiters, choices, keepalive_s=app[SETTINGS].server.sse_keepalive_s
+            )
+            await choices.end()
+        except BridgeError as exc:
+            await stream.data(orjson.dumps(exc.envelope()))
             await stream.done()
         except ClientGone:
             request[ACCESS].outcome = "client_disconnected"
         return await stream.close()
-
-
-async def _stream_error(stream: SSEStream, error: BridgeError) -> None:
-    await stream.data(orjson.dumps(error.envelope()))
-    await stream.done()

@@ -16,6 +16,9 @@ import orjson
 from aiohttp import web
 
 from bridge.api.conversation import Said, build_turn_request
+from bridge.api.drive import drive
+from bridge.api.fanout import open_sessions
+from bridge.api.limits import OutputLimiter
 from bridge.api.middleware import ACCESS
 from bridge.api.responses_render import Frame, ResponseEcho, ResponseRenderer
 from bridge.api.schemas import (
@@ -34,7 +37,7 @@ from bridge.api.sse import ClientGone, SSEStream
 from bridge.api.turns import TurnSession
 from bridge.api.validation import parse_json_body
 from bridge.appkeys import CATALOG, SETTINGS, STORE
-from bridge.codex.events import Failed, Finished, TextDelta
+from bridge.codex.events import Usage
 from bridge.errors import BridgeError, InvalidRequest, NotFound
 from bridge.store import StoredResponse
 
@@ -88,13 +91,6 @@ def _check_supported(req: ResponseCreateRequest) -> None:
         )
 
 
-def _ignored(req: ResponseCreateRequest) -> list[str]:
-    ignored = req.ignored_params()
-    if req.max_output_tokens is not None:
-        ignored.append("max_output_tokens")  # not enforced yet: said, not claimed
-    return ignored
-
-
 async def create_response(request: web.Request) -> web.StreamResponse:
     app = request.app
     req = parse_json_body(await request.read(), ResponseCreateRequest)
@@ -141,17 +137,26 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         parallel_tool_calls=req.parallel_tool_calls is not False,
     )
     renderer = ResponseRenderer(echo)
-    ignored = _ignored(req)
+    ignored = req.ignored_params()
     headers = {IGNORED_PARAMS_HEADER: ",".join(ignored)} if ignored else {}
     request[ACCESS].model = req.model
-    session = TurnSession(request, turn_request, endpoint="responses", stream=bool(req.stream))
-    async with session:
+    limiters = [OutputLimiter((), req.max_output_tokens)]
+    async with open_sessions(
+        request, [turn_request], endpoint="responses", stream=bool(req.stream)
+    ) as sessions:
         if req.stream:
-            response: web.StreamResponse = await _stream(request, session, renderer, headers)
+            response: web.StreamResponse = await _stream(
+                request, sessions, limiters, renderer, headers
+            )
         else:
-            response = await _complete(session, renderer, headers)
-        thread_id, turn_id = session.thread_and_turn()
-    if keep and renderer.status == "completed":
+            await drive(sessions, limiters, _Sink(renderer, None))
+            response = web.Response(
+                body=orjson.dumps(renderer.response_object()),
+                content_type="application/json",
+                headers=headers,
+            )
+        thread_id, turn_id = sessions[0].thread_and_turn()
+    if keep and renderer.status in ("completed", "incomplete"):
         await store.put(
             StoredResponse(
                 id=renderer.id,
@@ -164,56 +169,50 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _complete(
-    session: TurnSession, renderer: ResponseRenderer, headers: dict[str, str]
-) -> web.Response:
-    while True:
-        event = await session.next_event()
-        if isinstance(event, TextDelta):
-            renderer.text(event.text)
-        elif isinstance(event, Finished):
-            renderer.complete(event.usage)
-            return web.Response(
-                body=orjson.dumps(renderer.response_object()),
-                content_type="application/json",
-                headers=headers,
-            )
-        elif isinstance(event, Failed):
-            raise event.error
+class _Sink:
+    """ChoiceSink over the renderer; writes its frames when streaming."""
+
+    def __init__(self, renderer: ResponseRenderer, stream: SSEStream | None) -> None:
+        self._renderer = renderer
+        self._stream = stream
+
+    async def send(self, frames: list[Frame]) -> None:
+        if self._stream is not None:
+            for event_type, data in frames:
+                await self._stream.event(event_type, data)
+
+    async def text(self, index: int, text: str) -> None:
+        await self.send(self._renderer.text(text))
+
+    async def finish(self, index: int, reason: str, usage: Usage) -> None:
+        if reason == "length":
+            await self.send(self._renderer.incomplete(usage, "max_output_tokens"))
+        else:
+            await self.send(self._renderer.complete(usage))
+
+    async def keepalive(self) -> None:
+        if self._stream is not None:
+            await self._stream.keepalive()
 
 
 async def _stream(
     request: web.Request,
-    session: TurnSession,
+    sessions: list[TurnSession],
+    limiters: list[OutputLimiter],
     renderer: ResponseRenderer,
     headers: dict[str, str],
 ) -> web.StreamResponse:
     stream = SSEStream(request, headers)
     await stream.open()
-    keepalive = request.app[SETTINGS].server.sse_keepalive_s
-
-    async def send(frames: list[Frame]) -> None:
-        for event_type, data in frames:
-            await stream.event(event_type, data)
-
+    sink = _Sink(renderer, stream)
     try:
-        await send(renderer.start())
-        while True:
-            try:
-                event = await session.next_event(keepalive_s=keepalive)
-            except BridgeError as exc:
-                await send(renderer.fail(exc, None))
-                break
-            if event is None:
-                await stream.keepalive()
-            elif isinstance(event, TextDelta):
-                await send(renderer.text(event.text))
-            elif isinstance(event, Finished):
-                await send(renderer.complete(event.usage))
-                break
-            elif isinstance(event, Failed):
-                await send(renderer.fail(event.error, event.usage))
-                break
+        await sink.send(renderer.start())
+        try:
+            await drive(
+                sessions, limiters, sink, keepalive_s=request.app[SETTINGS].server.sse_keepalive_s
+            )
+        except BridgeError as exc:
+            await sink.send(renderer.fail(exc, None))
     except ClientGone:
         request[ACCESS].outcome = "client_disconnected"
     return await stream.close()

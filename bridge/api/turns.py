@@ -115,6 +115,11 @@ class TurnSession:
         finally:
             await self._stack.aclose()
 
+    async def interrupt(self) -> None:
+        """Stops the turn early (a stop sequence or token limit hit); its end still arrives."""
+        if self._turn is not None:
+            await self._turn.interrupt()
+
     def thread_and_turn(self) -> tuple[str | None, str | None]:
         """Where the turn ran, for stored responses."""
         if self._turn is None:
