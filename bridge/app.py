@@ -23,6 +23,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from bridge.api import chat, completions, health, models, responses
 from bridge.api.errors import error_middleware
 from bridge.api.middleware import METRICS, add_response_headers, request_context_middleware
+from bridge.api.pending import PENDING, PendingToolCalls
 from bridge.appkeys import CATALOG, LIMITS, POOL, SETTINGS, STORE
 from bridge.catalog import CatalogEntry, ModelCatalog
 from bridge.codex.turn import TurnLimits
@@ -64,6 +65,7 @@ def make_app(settings: Settings, *, environ: Mapping[str, str] | None = None) ->
     env = dict(os.environ if environ is None else environ)
     app[AUTH] = build_policy(settings, env)
     app[KEY_LIMITS] = KeyLimits()
+    app[PENDING] = PendingToolCalls(settings.codex.tool_call_timeout_s)
 
     app.cleanup_ctx.append(_store_ctx)
     if settings.demo.enabled:
@@ -173,6 +175,7 @@ async def _pool_ctx(app: web.Application, env: Mapping[str, str]) -> AsyncIterat
     if demo is None:
         discovery = asyncio.create_task(_discover_models(pool, app[CATALOG]))
     yield
+    await app[PENDING].close()
     if discovery is not None:
         discovery.cancel()
         with contextlib.suppress(asyncio.CancelledError):

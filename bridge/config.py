@@ -65,6 +65,7 @@ class CodexSettings(_Frozen):
     first_token_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     idle_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     request_deadline_s: Annotated[float, Field(gt=0)] = 900.0
+    tool_call_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     restart_backoff_initial_s: Annotated[float, Field(gt=0)] = 0.5
     restart_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
     healthy_reset_s: Annotated[float, Field(gt=0)] = 60.0
@@ -250,6 +251,12 @@ FIELDS: Final = (
         "request_deadline_s",
         "BRIDGE_REQUEST_DEADLINE_S",
         "Overall time one request may take before 504.",
+    ),
+    FieldDoc(
+        "codex",
+        "tool_call_timeout_s",
+        "BRIDGE_TOOL_CALL_TIMEOUT_S",
+        "How long a turn waits, slot held, for the client to send its tool results.",
     ),
     FieldDoc(
         "codex",

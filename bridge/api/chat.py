@@ -12,38 +12,45 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
-from bridge.api.conversation import Said, build_turn_request
+from bridge.api.conversation import Item, Said, build_turn_request
 from bridge.api.drive import drive
 from bridge.api.fanout import open_sessions
 from bridge.api.limits import OutputLimiter
 from bridge.api.middleware import ACCESS
+from bridge.api.pending import PENDING, PendingToolCalls
 from bridge.api.schemas import (
     AssistantMessage,
     ChatCompletionRequest,
+    FunctionMessage,
+    FunctionTool,
     JSONObjectFormat,
     JSONSchemaFormat,
+    NamedToolChoice,
+    OtherTool,
+    ToolMessage,
 )
 from bridge.api.sse import ClientGone, SSEStream
+from bridge.api.turns import TurnSession
 from bridge.api.validation import parse_json_body
 from bridge.appkeys import CATALOG, SETTINGS
 from bridge.catalog import CatalogEntry
-from bridge.codex.events import Usage
-from bridge.codex.turn import TurnRequest
+from bridge.codex.events import ToolCall, Usage
+from bridge.codex.turn import HistoryToolCall, HistoryToolOutput, ToolSpec, TurnRequest
 from bridge.errors import BridgeError, InvalidRequest
 
 IGNORED_PARAMS_HEADER: Final = "x-codex-bridge-ignored-params"
 
 # Parameters not carried to Codex yet; refused clearly rather than ignored.
 _NOT_YET: Final = (
-    ("tools", "Function tools are not supported yet."),
-    ("functions", "Function calling is not supported yet."),
-    ("tool_choice", "tool_choice is not supported yet."),
-    ("function_call", "function_call is not supported yet."),
+    ("functions", "Legacy 'functions' are not supported; use 'tools'."),
+    ("function_call", "Legacy 'function_call' is not supported; use 'tool_choice'."),
     ("audio", "Audio output is not supported."),
 )
 
@@ -93,20 +100,67 @@ def _text_of(content: Any, param: str) -> str:
     return "\n".join(texts)
 
 
-def to_turn_request(req: ChatCompletionRequest, entry: CatalogEntry) -> TurnRequest:
-    conversation: list[Said] = []
-    for i, message in enumerate(req.messages):
-        if message.role in ("tool", "function"):
+def tool_specs(
+    tools: Sequence[FunctionTool | OtherTool] | None, tool_choice: object
+) -> tuple[list[ToolSpec], str | None]:
+    """Client tools for Codex, and an instruction for a tool_choice Codex cannot force."""
+    if not tools or tool_choice == "none":
+        return [], None
+    specs: list[ToolSpec] = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, FunctionTool):
             raise InvalidRequest(
-                f"Messages with role '{message.role}' are not supported yet.",
+                f"Tools of type '{tool.type}' are not supported; only 'function'.",
+                param=f"tools[{i}].type",
+                code="unsupported_value",
+            )
+        fn = tool.function
+        specs.append(
+            ToolSpec(
+                name=fn.name,
+                description=fn.description or "",
+                parameters=fn.parameters or {"type": "object", "properties": {}},
+            )
+        )
+    hint = None
+    if tool_choice == "required":
+        hint = "Call one of the available functions before answering."
+    elif isinstance(tool_choice, NamedToolChoice):
+        hint = f"Call the function `{tool_choice.function.name}` before answering."
+    return specs, hint
+
+
+def conversation_of(req: ChatCompletionRequest) -> list[Item]:
+    items: list[Item] = []
+    for i, message in enumerate(req.messages):
+        param = f"messages[{i}].content"
+        if isinstance(message, ToolMessage):
+            items.append(HistoryToolOutput(message.tool_call_id, _text_of(message.content, param)))
+        elif isinstance(message, FunctionMessage):
+            raise InvalidRequest(
+                "Messages with role 'function' are not supported; use 'tool'.",
                 param=f"messages[{i}].role",
             )
-        if isinstance(message, AssistantMessage) and (message.tool_calls or message.function_call):
-            raise InvalidRequest(
-                "Assistant tool calls in the history are not supported yet.",
-                param=f"messages[{i}].tool_calls",
-            )
-        conversation.append(Said(message.role, _text_of(message.content, f"messages[{i}].content")))
+        elif isinstance(message, AssistantMessage):
+            items.append(Said("assistant", _text_of(message.content, param)))
+            for call in message.tool_calls or []:
+                items.append(HistoryToolCall(call.id, call.function.name, call.function.arguments))
+        else:
+            items.append(Said(message.role, _text_of(message.content, param)))
+    return items
+
+
+def trailing_tool_outputs(items: Sequence[Item]) -> dict[str, str]:
+    """The tool results that end the conversation: what a parked turn waits for."""
+    outputs: dict[str, str] = {}
+    for item in reversed(items):
+        if not isinstance(item, HistoryToolOutput):
+            break
+        outputs[item.call_id] = item.output
+    return outputs
+
+
+def to_turn_request(req: ChatCompletionRequest, entry: CatalogEntry) -> TurnRequest:
     output_schema = None
     fmt = req.response_format
     if isinstance(fmt, JSONSchemaFormat):
@@ -116,11 +170,14 @@ def to_turn_request(req: ChatCompletionRequest, entry: CatalogEntry) -> TurnRequ
             "response_format 'json_object' is not supported yet; use 'json_schema'.",
             param="response_format",
         )
+    tools, hint = tool_specs(req.tools, req.tool_choice)
     return build_turn_request(
-        conversation,
+        conversation_of(req),
         codex_model=entry.codex_model,
+        instructions=hint,
         effort=req.reasoning_effort,
         output_schema=output_schema,
+        tools=tools,
     )
 
 
@@ -130,6 +187,10 @@ def _check_supported(req: ChatCompletionRequest) -> None:
             raise InvalidRequest(message, param=name, code="unsupported_parameter")
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
+    if req.tools and req.n not in (None, 1):
+        raise InvalidRequest(
+            "n > 1 cannot be combined with tools.", param="n", code="unsupported_value"
+        )
     if req.stream_options is not None and not req.stream:
         raise InvalidRequest(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
@@ -154,34 +215,45 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     max_tokens = req.max_completion_tokens or req.max_tokens
     limiters = limiters_for(req.stop, max_tokens, n)
     ignored = req.ignored_params()
+    if req.tool_choice not in (None, "auto", "none"):
+        ignored.append("tool_choice")  # asked of the model, not enforced
     headers = {IGNORED_PARAMS_HEADER: ",".join(ignored)} if ignored else {}
     request[ACCESS].model = req.model
-    # Admission and turn start happen before any byte is sent, so their
-    # errors are plain JSON with a real status (error middleware).
-    async with open_sessions(
-        request, [turn_request] * n, endpoint="chat", stream=bool(req.stream)
-    ) as sessions:
-        if req.stream:
+    stream = bool(req.stream)
+    pending = app[PENDING]
+    outputs = trailing_tool_outputs(conversation_of(req))
+    parked = pending.claim(outputs) if outputs else None
+    if parked is not None:
+        # The same Codex turn goes on: answer its tool calls, stream the rest.
+        for call_id, output in outputs.items():
+            parked.resolve_tool_call(call_id, output)
+        scope = parked.adopted(request, endpoint="chat", stream=stream)
+        sessions_cm: Any = _single(scope)
+    else:
+        # Admission and turn start happen before any byte is sent, so their
+        # errors are plain JSON with a real status (error middleware).
+        sessions_cm = open_sessions(request, [turn_request] * n, endpoint="chat", stream=stream)
+    async with sessions_cm as sessions:
+        if stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            stream = SSEStream(request, headers)
-            await stream.open()
-            writer = _ChunkWriter(stream, req.model, include_usage, n)
+            sse = SSEStream(request, headers)
+            await sse.open()
+            writer = _ChunkWriter(sse, req.model, include_usage, n)
             try:
                 await writer.roles()
-                await drive(
-                    sessions,
-                    limiters,
-                    writer,
-                    keepalive_s=app[SETTINGS].server.sse_keepalive_s,
+                waiting = await drive(
+                    sessions, limiters, writer, keepalive_s=app[SETTINGS].server.sse_keepalive_s
                 )
                 await writer.end()
+                _park(pending, sessions, waiting)
             except BridgeError as exc:
                 await writer.error(exc)
             except ClientGone:
                 request[ACCESS].outcome = "client_disconnected"
-            return await stream.close()
+            return await sse.close()
         collector = _Collector(n)
-        await drive(sessions, limiters, collector)
+        waiting = await drive(sessions, limiters, collector)
+        _park(pending, sessions, waiting)
         return web.Response(
             body=orjson.dumps(collector.body(req.model)),
             content_type="application/json",
@@ -189,16 +261,35 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         )
 
 
+@asynccontextmanager
+async def _single(
+    scope: AbstractAsyncContextManager[TurnSession],
+) -> AsyncIterator[list[TurnSession]]:
+    async with scope as session:
+        yield [session]
+
+
+def _park(
+    pending: PendingToolCalls, sessions: Sequence[TurnSession], waiting: dict[int, list[ToolCall]]
+) -> None:
+    for index, calls in waiting.items():
+        pending.park(sessions[index], [call.call_id for call in calls])
+
+
 class _Collector:
     """ChoiceSink for the non-streaming answer."""
 
     def __init__(self, n: int) -> None:
         self.texts: list[list[str]] = [[] for _ in range(n)]
+        self.calls: list[list[ToolCall]] = [[] for _ in range(n)]
         self.reasons = ["stop"] * n
         self.usage = Usage()
 
     async def text(self, index: int, text: str) -> None:
         self.texts[index].append(text)
+
+    async def tool_call(self, index: int, call: ToolCall) -> None:
+        self.calls[index].append(call)
 
     async def finish(self, index: int, reason: str, usage: Usage) -> None:
         self.reasons[index] = reason
@@ -206,6 +297,27 @@ class _Collector:
 
     async def keepalive(self) -> None:
         pass
+
+    def _message(self, index: int) -> dict[str, Any]:
+        calls = self.calls[index]
+        text = "".join(self.texts[index])
+        message: dict[str, Any] = {
+            "role": "assistant",
+            # A tool-call-only message has null content, not "" (agents check).
+            "content": text if text or not calls else None,
+            "refusal": None,
+            "annotations": [],
+        }
+        if calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in calls
+            ]
+        return message
 
     def body(self, model: str) -> dict[str, Any]:
         return {
@@ -217,16 +329,11 @@ class _Collector:
             "choices": [
                 {
                     "index": i,
-                    "message": {
-                        "role": "assistant",
-                        "content": "".join(parts),
-                        "refusal": None,
-                        "annotations": [],
-                    },
+                    "message": self._message(i),
                     "logprobs": None,
                     "finish_reason": self.reasons[i],
                 }
-                for i, parts in enumerate(self.texts)
+                for i in range(len(self.texts))
             ],
             "usage": usage_object(self.usage),
         }
@@ -246,6 +353,7 @@ class _ChunkWriter:
         }
         self._include_usage = include_usage
         self._usage = Usage()
+        self._tool_counts = [0] * n
         head = orjson.dumps(self._base)[:-1]
         self._prefixes = [
             head + b',"choices":[{"index":' + str(i).encode() + b',"delta":{"content":'
@@ -273,6 +381,27 @@ class _ChunkWriter:
 
     async def text(self, index: int, text: str) -> None:
         await self._stream.data(self._prefixes[index] + orjson.dumps(text) + self._suffix)
+
+    async def tool_call(self, index: int, call: ToolCall) -> None:
+        # id, type and name only in the first delta of a call: SDKs
+        # concatenate repeated strings. Arguments follow on their own.
+        k = self._tool_counts[index]
+        self._tool_counts[index] += 1
+        first = {
+            "index": k,
+            "id": call.call_id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        rest = {"index": k, "function": {"arguments": call.arguments}}
+        for piece in (first, rest):
+            choice = {
+                "index": index,
+                "delta": {"tool_calls": [piece]},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+            await self._stream.data(self._chunk([choice]))
 
     async def finish(self, index: int, reason: str, usage: Usage) -> None:
         self._usage = self._usage + usage

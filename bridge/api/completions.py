@@ -25,7 +25,7 @@ from bridge.api.schemas import CompletionRequest
 from bridge.api.sse import ClientGone, SSEStream
 from bridge.api.validation import parse_json_body
 from bridge.appkeys import CATALOG, SETTINGS
-from bridge.codex.events import Usage
+from bridge.codex.events import ToolCall, Usage
 from bridge.errors import BridgeError, InvalidRequest
 
 # One request may fan out to at most this many turns.
@@ -100,8 +100,10 @@ class _Choices:
         else:
             self.texts[index] += text
 
+    async def tool_call(self, index: int, call: ToolCall) -> None:
+        pass  # no tools are offered on legacy completions
+
     async def finish(self, index: int, reason: str, usage: Usage) -> None:
-        reason = "stop" if reason == "tool_calls" else reason
         self.reasons[index] = reason
         self.usage = self.usage + usage
         if self._stream is not None:

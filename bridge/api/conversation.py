@@ -1,18 +1,26 @@
-"""From an OpenAI conversation (any endpoint's messages, flattened to role + text) to a `TurnRequest`.
+"""From an OpenAI conversation (any endpoint's items, flattened) to a `TurnRequest`.
 
 Leading system/developer messages become the instructions; later ones stay
 in the history as developer messages; user and assistant messages keep
-their roles; the last message must be the user's and becomes the turn's
-input. Shared by chat completions, completions and responses.
+their roles; tool calls and their outputs stay in place. The conversation
+must end with the user's message (the turn's input) or with tool outputs
+(the turn continues from them). Shared by every endpoint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.codex.turn import HistoryMessage, TurnRequest
+from bridge.codex.turn import (
+    HistoryItem,
+    HistoryMessage,
+    HistoryToolCall,
+    HistoryToolOutput,
+    ToolSpec,
+    TurnRequest,
+)
 from bridge.errors import InvalidRequest
 
 
@@ -22,40 +30,57 @@ class Said:
     text: str
 
 
+Item = Said | HistoryToolCall | HistoryToolOutput
+
+
 def build_turn_request(
-    conversation: Iterable[Said],
+    conversation: Iterable[Item],
     *,
     codex_model: str | None,
     instructions: str | None = None,
     effort: str | None = None,
     output_schema: dict[str, Any] | None = None,
     param: str = "messages",
+    tools: Sequence[ToolSpec] = (),
     persist: bool = False,
     continue_from: tuple[str, str] | None = None,
 ) -> TurnRequest:
     system: list[str] = [instructions] if instructions else []
-    history: list[HistoryMessage] = []
-    for said in conversation:
-        if said.role in ("system", "developer"):
+    history: list[HistoryItem] = []
+    for item in conversation:
+        if not isinstance(item, Said):
+            history.append(item)
+        elif item.role in ("system", "developer"):
             if history:
-                history.append(HistoryMessage("developer", said.text))
+                history.append(HistoryMessage("developer", item.text))
             else:
-                system.append(said.text)
-        elif said.role == "user":
-            history.append(HistoryMessage("user", said.text))
-        else:
-            history.append(HistoryMessage("assistant", said.text))
-    if not history or history[-1].role != "user":
+                system.append(item.text)
+        elif item.role == "user":
+            history.append(HistoryMessage("user", item.text))
+        elif item.text:
+            history.append(HistoryMessage("assistant", item.text))
+    last = history[-1] if history else None
+    if isinstance(last, HistoryMessage) and last.role == "user":
+        new_input: str | None = last.text
+        history.pop()
+    elif isinstance(last, HistoryToolOutput):
+        new_input = None
+    elif continue_from is not None and not history:
+        raise InvalidRequest("Input must not be empty.", param=param, code="empty_array")
+    else:
         raise InvalidRequest(
-            "The last message must have role 'user'.", param=param, code="invalid_value"
+            "The conversation must end with a user message or tool results.",
+            param=param,
+            code="invalid_value",
         )
     return TurnRequest(
-        input=history[-1].text,
+        input=new_input,
         model=codex_model,
         instructions="\n\n".join(system) if system else None,
-        history=tuple(history[:-1]),
+        history=tuple(history),
         effort=effort,
         output_schema=output_schema,
+        tools=tuple(tools),
         persist=persist,
         continue_from=continue_from,
     )

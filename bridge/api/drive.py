@@ -16,7 +16,7 @@ from typing import Final, Protocol
 from bridge.api.fanout import merged_events
 from bridge.api.limits import OutputLimiter
 from bridge.api.turns import TurnSession
-from bridge.codex.events import Failed, Finished, TextDelta, Usage
+from bridge.codex.events import Failed, Finished, TextDelta, ToolCall, Usage
 
 # Codex finish reasons to OpenAI's; an interrupted turn the bridge did not
 # stop for ended early on Codex's side.
@@ -30,6 +30,7 @@ FINISH_REASONS: Final = {
 
 class ChoiceSink(Protocol):
     async def text(self, index: int, text: str) -> None: ...
+    async def tool_call(self, index: int, call: ToolCall) -> None: ...
     async def finish(self, index: int, reason: str, usage: Usage) -> None: ...
     async def keepalive(self) -> None: ...
 
@@ -40,9 +41,14 @@ async def drive(
     sink: ChoiceSink,
     *,
     keepalive_s: float | None = None,
-) -> None:
-    """Raises the first choice's BridgeError; otherwise returns when every choice finished."""
+) -> dict[int, list[ToolCall]]:
+    """Runs until every choice finished; returns the tool calls its choices are waiting on.
+
+    Raises the first failed choice's BridgeError.
+    """
     stopped: dict[int, str] = {}
+    waiting: dict[int, list[ToolCall]] = {}
+    open_choices = len(sessions)
     async for index, event in merged_events(sessions, keepalive_s=keepalive_s):
         if event is None:
             await sink.keepalive()
@@ -72,5 +78,16 @@ async def drive(
                 # Codex reports no usage for a model call it cut short.
                 usage = dataclasses.replace(usage, output_tokens=limiter.tokens)
             await sink.finish(index, reason, usage)
+            open_choices -= 1
+        elif isinstance(event, ToolCall):
+            # Codex asks for one client tool at a time and blocks until it is
+            # answered, so this response ends here; the turn stays parked.
+            waiting.setdefault(index, []).append(event)
+            await sink.tool_call(index, event)
+            await sink.finish(index, "tool_calls", Usage())
+            open_choices -= 1
         elif isinstance(event, Failed):
             raise event.error
+        if open_choices == 0:
+            break
+    return waiting

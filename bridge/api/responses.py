@@ -37,7 +37,7 @@ from bridge.api.sse import ClientGone, SSEStream
 from bridge.api.turns import TurnSession
 from bridge.api.validation import parse_json_body
 from bridge.appkeys import CATALOG, SETTINGS, STORE
-from bridge.codex.events import Usage
+from bridge.codex.events import ToolCall, Usage
 from bridge.errors import BridgeError, InvalidRequest, NotFound
 from bridge.store import StoredResponse
 
@@ -183,6 +183,9 @@ class _Sink:
 
     async def text(self, index: int, text: str) -> None:
         await self.send(self._renderer.text(text))
+
+    async def tool_call(self, index: int, call: ToolCall) -> None:
+        await self.send(self._renderer.function_call(call.call_id, call.name, call.arguments))
 
     async def finish(self, index: int, reason: str, usage: Usage) -> None:
         if reason == "length":

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Final
 
@@ -23,7 +24,7 @@ from aiohttp import web
 
 from bridge.api.middleware import ACCESS, METRICS, AccessRecord
 from bridge.appkeys import LIMITS, POOL
-from bridge.codex.events import Failed, Finished, TextDelta, TurnEvent, Usage
+from bridge.codex.events import Failed, Finished, TextDelta, ToolCall, TurnEvent, Usage
 from bridge.codex.turn import Turn, TurnRequest
 from bridge.errors import BridgeError, DeadlineExceeded, RateLimited
 from bridge.ops.admission import KEY_LIMITS
@@ -53,6 +54,8 @@ class TurnSession:
         self._request = request
         self._stack = AsyncExitStack()
         self._turn: Turn | None = None
+        self.parked = False
+        """Set when the turn waits for a client's tool results and outlives this request."""
         self._ended = False
         self._got_text = False
         self.worker_id: int | None = None
@@ -90,6 +93,10 @@ class TurnSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self.parked and exc_type is None:
+            # The turn lives on in the pending-tool registry, slot and all.
+            return
+        self.parked = False
         if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
             self._record.outcome = "client_disconnected"
         elif isinstance(exc, BridgeError) and self._record.outcome == "ok":
@@ -104,6 +111,35 @@ class TurnSession:
         # turn and frees its slot; bounded so nothing waits forever.
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(cleanup), CLEANUP_TIMEOUT_S)
+
+    @asynccontextmanager
+    async def adopted(
+        self, http_request: web.Request, *, endpoint: str, stream: bool
+    ) -> AsyncIterator[TurnSession]:
+        """A parked turn taken over by the request that brings its tool results."""
+        self._http = http_request
+        self._record = http_request[ACCESS]
+        self._record.worker = self.worker_id
+        self._endpoint = endpoint
+        self._stream = "true" if stream else "false"
+        self._started = self._last_event = self._clock()
+        self._got_text = False
+        self.parked = False
+        try:
+            yield self
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        else:
+            await self.__aexit__(None, None, None)
+
+    async def release(self) -> None:
+        """Ends a parked turn nobody came back for: interrupt it and free its slot."""
+        self.parked = False
+        await self._cleanup()
+
+    def resolve_tool_call(self, call_id: str, output: str) -> bool:
+        return self._turn is not None and self._turn.resolve_tool_call(call_id, output)
 
     async def _cleanup(self) -> None:
         try:
@@ -154,6 +190,9 @@ class TurnSession:
                 ttft = time.perf_counter() - self._record.started
                 self._record.ttft_s = ttft
                 self._metrics.ttft.labels(self._endpoint, self._stream).observe(ttft)
+        elif isinstance(event, ToolCall):
+            # The turn now waits for the client: nothing to time out on here.
+            self._got_text = True
         elif isinstance(event, Finished):
             self._end(event.usage, "ok" if event.reason != "interrupted" else "interrupted")
         elif isinstance(event, Failed):

@@ -30,6 +30,16 @@ class ReasoningDelta:
 
 
 @dataclass(slots=True, frozen=True)
+class ToolCall:
+    """The model called a client-defined tool; the turn waits for its result."""
+
+    call_id: str
+    name: str
+    arguments: str
+    """JSON text, as OpenAI clients expect it."""
+
+
+@dataclass(slots=True, frozen=True)
 class Usage:
     """Token usage of the whole turn (summed over every model call it made)."""
 
@@ -69,4 +79,4 @@ class Failed:
     usage: Usage
 
 
-TurnEvent = TextDelta | ReasoningDelta | Finished | Failed
+TurnEvent = TextDelta | ReasoningDelta | ToolCall | Finished | Failed

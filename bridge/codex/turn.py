@@ -24,19 +24,49 @@ class HistoryMessage:
 
 
 @dataclass(slots=True, frozen=True)
+class HistoryToolCall:
+    """An earlier call of a client tool by the model."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True, frozen=True)
+class HistoryToolOutput:
+    """The client's result for an earlier tool call."""
+
+    call_id: str
+    output: str
+
+
+HistoryItem = HistoryMessage | HistoryToolCall | HistoryToolOutput
+
+
+@dataclass(slots=True, frozen=True)
+class ToolSpec:
+    """A client-defined function the model may call; the client runs it."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(slots=True, frozen=True)
 class TurnRequest:
     """One turn to run on a fresh Codex thread."""
 
-    input: str
-    """The new user message: the turn's input."""
+    input: str | None
+    """The new user message; None when the turn continues from tool outputs in the history."""
     model: str | None = None
     """Codex model id; None lets the worker's configured model answer."""
     instructions: str | None = None
     """The client's system/developer text, joined in order; None when it sent none."""
-    history: tuple[HistoryMessage, ...] = ()
+    history: tuple[HistoryItem, ...] = ()
     """Prior conversation, oldest first, without the new input."""
     effort: str | None = None
     output_schema: dict[str, Any] | None = None
+    tools: tuple[ToolSpec, ...] = ()
     persist: bool = False
     """Keep the thread on disk so a later request can continue it."""
     continue_from: tuple[str, str] | None = None
@@ -65,7 +95,11 @@ class Turn(Protocol):
         ...
 
     async def interrupt(self) -> None:
-        """Ask Codex to stop the turn; `events()` then ends with Finished("interrupted")."""
+        """Ask Codex to stop the turn; its events then end with Finished("interrupted")."""
+        ...
+
+    def resolve_tool_call(self, call_id: str, output: str, *, success: bool = True) -> bool:
+        """Answer a pending client tool call; False if the turn is not waiting for it."""
         ...
 
     async def aclose(self) -> None:

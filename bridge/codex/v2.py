@@ -19,11 +19,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
 import structlog
 
 from bridge.codex.errors import error_from_codex
-from bridge.codex.events import Failed, Finished, ReasoningDelta, TextDelta, TurnEvent, Usage
-from bridge.codex.turn import TurnRequest
+from bridge.codex.events import (
+    Failed,
+    Finished,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    TurnEvent,
+    Usage,
+)
+from bridge.codex.turn import HistoryToolCall, HistoryToolOutput, TurnRequest
 from bridge.errors import BridgeError, NotFound, WorkerCrashed
 from bridge.worker.rpc import ConnectionClosed, RpcConnection, RpcError, RpcTimeout
 
@@ -31,6 +40,8 @@ log = structlog.get_logger("bridge.codex.v2")
 
 # Sentinel method queued into every open turn when the worker's connection ends.
 CONNECTION_LOST: Final = "bridge/connectionLost"
+# Queued by the server-request task when the model calls a client tool.
+TOOL_CALL: Final = "bridge/toolCall"
 
 # A closing thread/unsubscribe is housekeeping: never hold a request up for it.
 UNSUBSCRIBE_TIMEOUT_S: Final = 5.0
@@ -112,6 +123,16 @@ def thread_start_params(request: TurnRequest, settings: ThreadSettings) -> dict[
     }
     if request.model:
         params["model"] = request.model
+    if request.tools:
+        params["dynamicTools"] = [
+            {
+                "type": "function",
+                "name": tool.name,
+                "description": tool.description,
+                "inputSchema": tool.parameters,
+            }
+            for tool in request.tools
+        ]
     if settings.profile == "plain":
         params["baseInstructions"] = request.instructions or PLAIN_DEFAULT_INSTRUCTIONS
     elif request.instructions:
@@ -120,17 +141,31 @@ def thread_start_params(request: TurnRequest, settings: ThreadSettings) -> dict[
 
 
 def history_items(request: TurnRequest) -> list[dict[str, Any]]:
-    """Prior messages as raw Responses items; roles survive (NOTES S3)."""
+    """Prior conversation as raw Responses items; roles and tool calls survive (NOTES S3)."""
     items: list[dict[str, Any]] = []
-    for message in request.history:
-        part_type = "output_text" if message.role == "assistant" else "input_text"
-        items.append(
-            {
-                "type": "message",
-                "role": message.role,
-                "content": [{"type": part_type, "text": message.text}],
-            }
-        )
+    for entry in request.history:
+        if isinstance(entry, HistoryToolCall):
+            items.append(
+                {
+                    "type": "function_call",
+                    "call_id": entry.call_id,
+                    "name": entry.name,
+                    "arguments": entry.arguments,
+                }
+            )
+        elif isinstance(entry, HistoryToolOutput):
+            items.append(
+                {"type": "function_call_output", "call_id": entry.call_id, "output": entry.output}
+            )
+        else:
+            part_type = "output_text" if entry.role == "assistant" else "input_text"
+            items.append(
+                {
+                    "type": "message",
+                    "role": entry.role,
+                    "content": [{"type": part_type, "text": entry.text}],
+                }
+            )
     return items
 
 
@@ -168,10 +203,9 @@ async def start_turn(
             await conn.request(
                 "thread/inject_items", {"threadId": thread_id, "items": items}, timeout=timeout
             )
-        turn_params: dict[str, Any] = {
-            "threadId": thread_id,
-            "input": [{"type": "text", "text": request.input}],
-        }
+        # No new text when the turn continues from tool outputs in the history.
+        new_input = [] if request.input is None else [{"type": "text", "text": request.input}]
+        turn_params: dict[str, Any] = {"threadId": thread_id, "input": new_input}
         if request.effort:
             turn_params["effort"] = request.effort
         if request.output_schema is not None:
@@ -230,6 +264,7 @@ class V2Turn:
         self._replay_skip = 0
         self._retrying = False
         self._emitted_any = False
+        self._tool_calls: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._done = False
         self._closed = False
 
@@ -279,6 +314,17 @@ class V2Turn:
             else:
                 error = error_from_codex(turn.get("error") or self._pending_error)
                 self._ready.append(Failed(error, self._usage))
+        elif method == TOOL_CALL:
+            arguments = params.get("arguments")
+            self._ready.append(
+                ToolCall(
+                    call_id=str(params.get("callId")),
+                    name=str(params.get("tool")),
+                    arguments=arguments
+                    if isinstance(arguments, str)
+                    else orjson.dumps(arguments).decode(),
+                )
+            )
         elif method == CONNECTION_LOST:
             self._done = True
             crashed = WorkerCrashed("The Codex worker exited during the turn.")
@@ -307,10 +353,31 @@ class V2Turn:
             self._ready.append(TextDelta(delta))
 
     async def answer_tool_call(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Client-defined tools are not routed yet: tell the model it has none."""
-        return TOOL_UNAVAILABLE
+        """Runs on the server-request task: surface the call, then wait for the client's result."""
+        call_id = str(params.get("callId"))
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._tool_calls[call_id] = future
+        self.feed(TOOL_CALL, params)
+        try:
+            return await future
+        finally:
+            self._tool_calls.pop(call_id, None)
+
+    def resolve_tool_call(self, call_id: str, output: str, *, success: bool = True) -> bool:
+        future = self._tool_calls.get(call_id)
+        if future is None or future.done():
+            return False
+        future.set_result(
+            {"contentItems": [{"type": "inputText", "text": output}], "success": success}
+        )
+        return True
+
+    def _abandon_tool_calls(self) -> None:
+        for call_id in list(self._tool_calls):
+            self.resolve_tool_call(call_id, "The caller abandoned this tool call.", success=False)
 
     async def interrupt(self) -> None:
+        self._abandon_tool_calls()
         if self._done or self.turn_id is None or self._conn.closed:
             return
         with contextlib.suppress(ConnectionClosed, RpcTimeout, RpcError):
@@ -324,6 +391,7 @@ class V2Turn:
         if self._closed:
             return
         self._closed = True
+        self._abandon_tool_calls()
         self._router.remove(self.thread_id)
         if self._conn.closed:
             return
