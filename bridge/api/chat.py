@@ -228,7 +228,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         for call_id, output in outputs.items():
             parked.resolve_tool_call(call_id, output)
         scope = parked.adopted(request, endpoint="chat", stream=stream)
-        sessions_cm: Any = _single(scope)
+        sessions_cm: Any = single_session(scope)
     else:
         # Admission and turn start happen before any byte is sent, so their
         # errors are plain JSON with a real status (error middleware).
@@ -245,7 +245,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
                     sessions, limiters, writer, keepalive_s=app[SETTINGS].server.sse_keepalive_s
                 )
                 await writer.end()
-                _park(pending, sessions, waiting)
+                park_waiting(pending, sessions, waiting)
             except BridgeError as exc:
                 await writer.error(exc)
             except ClientGone:
@@ -253,7 +253,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             return await sse.close()
         collector = _Collector(n)
         waiting = await drive(sessions, limiters, collector)
-        _park(pending, sessions, waiting)
+        park_waiting(pending, sessions, waiting)
         return web.Response(
             body=orjson.dumps(collector.body(req.model)),
             content_type="application/json",
@@ -262,14 +262,14 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
 
 
 @asynccontextmanager
-async def _single(
+async def single_session(
     scope: AbstractAsyncContextManager[TurnSession],
 ) -> AsyncIterator[list[TurnSession]]:
     async with scope as session:
         yield [session]
 
 
-def _park(
+def park_waiting(
     pending: PendingToolCalls, sessions: Sequence[TurnSession], waiting: dict[int, list[ToolCall]]
 ) -> None:
     for index, calls in waiting.items():

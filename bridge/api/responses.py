@@ -15,13 +15,16 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from bridge.api.conversation import Said, build_turn_request
+from bridge.api.chat import park_waiting, single_session, trailing_tool_outputs
+from bridge.api.conversation import Item, Said, build_turn_request
 from bridge.api.drive import drive
 from bridge.api.fanout import open_sessions
 from bridge.api.limits import OutputLimiter
 from bridge.api.middleware import ACCESS
+from bridge.api.pending import PENDING
 from bridge.api.responses_render import Frame, ResponseEcho, ResponseRenderer
 from bridge.api.schemas import (
+    FlatFunctionTool,
     FormatJSONObject,
     FormatJSONSchema,
     FunctionCallItem,
@@ -38,6 +41,7 @@ from bridge.api.turns import TurnSession
 from bridge.api.validation import parse_json_body
 from bridge.appkeys import CATALOG, SETTINGS, STORE
 from bridge.codex.events import ToolCall, Usage
+from bridge.codex.turn import HistoryToolCall, HistoryToolOutput, ToolSpec
 from bridge.errors import BridgeError, InvalidRequest, NotFound
 from bridge.store import StoredResponse
 
@@ -50,10 +54,16 @@ def _refuse(message: str, param: str) -> InvalidRequest:
     return InvalidRequest(message, param=param, code="unsupported_parameter")
 
 
-def conversation_of(req: ResponseCreateRequest) -> list[Said]:
+def _output_text(output: str | list[dict[str, Any]]) -> str:
+    if isinstance(output, str):
+        return output
+    return "\n".join(str(p.get("text", "")) for p in output if isinstance(p, dict))
+
+
+def conversation_of(req: ResponseCreateRequest) -> list[Item]:
     if isinstance(req.input, str):
         return [Said("user", req.input)]
-    said: list[Said] = []
+    said: list[Item] = []
     for i, item in enumerate(req.input):
         if isinstance(item, InputMessage):
             if isinstance(item.content, str):
@@ -71,16 +81,45 @@ def conversation_of(req: ResponseCreateRequest) -> list[Said]:
                         f"input[{i}].content[{j}]",
                     )
             said.append(Said(item.role, "\n".join(texts)))
-        elif isinstance(item, FunctionCallItem | FunctionCallOutputItem):
-            raise _refuse("Function call items are not supported yet.", f"input[{i}]")
+        elif isinstance(item, FunctionCallItem):
+            said.append(HistoryToolCall(item.call_id, item.name, item.arguments))
+        elif isinstance(item, FunctionCallOutputItem):
+            said.append(HistoryToolOutput(item.call_id, _output_text(item.output)))
         elif isinstance(item, OtherItem) and item.type not in _SKIPPED_ITEMS:
             raise _refuse(f"Input items of type '{item.type}' are not supported.", f"input[{i}]")
     return said
 
 
+def tools_of(req: ResponseCreateRequest) -> tuple[list[ToolSpec], str | None, list[str]]:
+    """Function tools for Codex, a tool_choice hint, and the built-in tool types ignored.
+
+    Built-in tool types (web_search, namespace, ...) are ignored and reported,
+    not refused: Codex CLI sends them when it uses the bridge as its provider.
+    """
+    if not req.tools or req.tool_choice == "none":
+        return [], None, []
+    specs: list[ToolSpec] = []
+    ignored: list[str] = []
+    for tool in req.tools:
+        if isinstance(tool, FlatFunctionTool):
+            specs.append(
+                ToolSpec(
+                    tool.name,
+                    tool.description or "",
+                    tool.parameters or {"type": "object", "properties": {}},
+                )
+            )
+        else:
+            ignored.append(f"tools:{tool.type}")
+    hint = None
+    if req.tool_choice == "required":
+        hint = "Call one of the available functions before answering."
+    elif isinstance(req.tool_choice, dict) and req.tool_choice.get("name"):
+        hint = f"Call the function `{req.tool_choice['name']}` before answering."
+    return specs, hint, ignored
+
+
 def _check_supported(req: ResponseCreateRequest) -> None:
-    if req.tools:
-        raise _refuse("Tools are not supported yet on /v1/responses.", "tools")
     if req.conversation is not None:
         raise _refuse("Conversations are not supported; use previous_response_id.", "conversation")
     if req.background:
@@ -110,10 +149,20 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     output_schema = None
     if req.text and isinstance(req.text.format, FormatJSONSchema):
         output_schema = req.text.format.schema_
+    tools, hint, ignored_tools = tools_of(req)
+    conversation = conversation_of(req)
+    outputs = trailing_tool_outputs(conversation)
+    parked = app[PENDING].claim(outputs) if outputs else None
+    if parked is None and req.previous_response_id and outputs:
+        # Tool results for a response whose turn is gone: continue from its
+        # thread, where the model's function call already is.
+        conversation = [item for item in conversation if not isinstance(item, HistoryToolCall)]
+    instructions = "\n\n".join(filter(None, [req.instructions, hint])) or None
     turn_request = build_turn_request(
-        conversation_of(req),
+        conversation,
         codex_model=entry.codex_model,
-        instructions=req.instructions,
+        instructions=instructions,
+        tools=tools,
         effort=req.reasoning.effort if req.reasoning else None,
         output_schema=output_schema,
         param="input",
@@ -137,25 +186,33 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         parallel_tool_calls=req.parallel_tool_calls is not False,
     )
     renderer = ResponseRenderer(echo)
-    ignored = req.ignored_params()
+    ignored = [*req.ignored_params(), *ignored_tools]
+    if req.tool_choice not in (None, "auto", "none"):
+        ignored.append("tool_choice")  # asked of the model, not enforced
     headers = {IGNORED_PARAMS_HEADER: ",".join(ignored)} if ignored else {}
     request[ACCESS].model = req.model
     limiters = [OutputLimiter((), req.max_output_tokens)]
-    async with open_sessions(
-        request, [turn_request], endpoint="responses", stream=bool(req.stream)
-    ) as sessions:
+    stream = bool(req.stream)
+    if parked is not None:
+        for call_id, output in outputs.items():
+            parked.resolve_tool_call(call_id, output)
+        sessions_cm: Any = single_session(
+            parked.adopted(request, endpoint="responses", stream=stream)
+        )
+    else:
+        sessions_cm = open_sessions(request, [turn_request], endpoint="responses", stream=stream)
+    async with sessions_cm as sessions:
         if req.stream:
-            response: web.StreamResponse = await _stream(
-                request, sessions, limiters, renderer, headers
-            )
+            response, waiting = await _stream(request, sessions, limiters, renderer, headers)
         else:
-            await drive(sessions, limiters, _Sink(renderer, None))
+            waiting = await drive(sessions, limiters, _Sink(renderer, None))
             response = web.Response(
                 body=orjson.dumps(renderer.response_object()),
                 content_type="application/json",
                 headers=headers,
             )
         thread_id, turn_id = sessions[0].thread_and_turn()
+        park_waiting(app[PENDING], sessions, waiting)
     if keep and renderer.status in ("completed", "incomplete"):
         await store.put(
             StoredResponse(
@@ -204,21 +261,22 @@ async def _stream(
     limiters: list[OutputLimiter],
     renderer: ResponseRenderer,
     headers: dict[str, str],
-) -> web.StreamResponse:
+) -> tuple[web.StreamResponse, dict[int, list[ToolCall]]]:
     stream = SSEStream(request, headers)
     await stream.open()
     sink = _Sink(renderer, stream)
+    waiting: dict[int, list[ToolCall]] = {}
     try:
         await sink.send(renderer.start())
         try:
-            await drive(
+            waiting = await drive(
                 sessions, limiters, sink, keepalive_s=request.app[SETTINGS].server.sse_keepalive_s
             )
         except BridgeError as exc:
             await sink.send(renderer.fail(exc, None))
     except ClientGone:
         request[ACCESS].outcome = "client_disconnected"
-    return await stream.close()
+    return await stream.close(), waiting
 
 
 async def get_response(request: web.Request) -> web.Response:

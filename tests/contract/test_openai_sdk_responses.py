@@ -12,6 +12,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from bridge.api.pending import PENDING
 from bridge.demo import DEMO_MODEL_ID
 from tests.harness import RunningBridge, bridge_test_settings, running_bridge
 
@@ -24,6 +25,8 @@ async def client(bridge: RunningBridge) -> AsyncIterator[openai.AsyncOpenAI]:
         base_url=f"{bridge.base_url}/v1", api_key="unused", max_retries=0
     ) as sdk:
         yield sdk
+    # Turns left waiting for tool results hold worker slots: free them.
+    await bridge.app[PENDING].close()
 
 
 async def test_non_streaming_response_validates_and_has_output_text(
@@ -169,16 +172,60 @@ async def test_midstream_failure_ends_with_response_failed(client: openai.AsyncO
         EVENT.validate_python(event)
 
 
-async def test_unsupported_parameters_are_400_naming_the_param(
+async def test_built_in_tool_types_are_ignored_and_reported_not_refused(
     client: openai.AsyncOpenAI,
 ) -> None:
+    # Codex CLI sends these when it uses the bridge as its model provider.
+    raw = await client.responses.with_raw_response.create(
+        model=DEMO_MODEL_ID,
+        input="[[reply=fine]]",
+        tools=[{"type": "web_search"}],  # type: ignore[list-item]
+    )
+    assert raw.parse().output_text == "fine"
+    assert "tools:web_search" in raw.headers["x-codex-bridge-ignored-params"]
     with pytest.raises(openai.BadRequestError) as error:
-        await client.responses.create(
-            model=DEMO_MODEL_ID,
-            input="x",
-            tools=[{"type": "web_search"}],  # type: ignore[list-item]
-        )
-    assert error.value.param == "tools"
+        await client.responses.create(model=DEMO_MODEL_ID, input="x", background=True)
+    assert error.value.param == "background"
+
+
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+
+
+async def test_function_call_round_trip_with_previous_response_id(
+    bridge: RunningBridge, client: openai.AsyncOpenAI
+) -> None:
+    first = await client.responses.create(
+        model=DEMO_MODEL_ID,
+        input='[[tool=get_weather]] [[args={"city":"Rome"}]]',
+        tools=[WEATHER_TOOL],
+    )
+    (call,) = [item for item in first.output if item.type == "function_call"]
+    assert call.name == "get_weather"  # type: ignore[union-attr]
+    assert orjson.loads(call.arguments) == {"city": "Rome"}  # type: ignore[union-attr]
+    second = await client.responses.create(
+        model=DEMO_MODEL_ID,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "Hot"}],  # type: ignore[union-attr]
+        tools=[WEATHER_TOOL],
+    )
+    assert second.output_text == "Tool results: Hot"
+    assert len(bridge.app[PENDING]) == 0
+
+
+async def test_streamed_function_call_events_validate(client: openai.AsyncOpenAI) -> None:
+    async with client.responses.stream(
+        model=DEMO_MODEL_ID, input="[[tool=get_weather]]", tools=[WEATHER_TOOL]
+    ) as stream:
+        types = [event.type async for event in stream]
+        final = await stream.get_final_response()
+    assert "response.function_call_arguments.delta" in types
+    assert types[-1] == "response.completed"
+    assert final.output[-1].type == "function_call"
 
 
 async def test_previous_response_id_survives_a_bridge_restart(tmp_path: Path) -> None:
