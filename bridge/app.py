@@ -95,6 +95,7 @@ def _static_models(settings: Settings) -> list[CatalogEntry]:
             codex_model=alias.codex_model or settings.codex.default_model,
             owned_by="codex-bridge",
             created=0,
+            effort=alias.effort,
         )
         for alias in settings.codex.models
     ]

@@ -21,6 +21,8 @@ class CatalogEntry:
     """What `thread/start.model` gets; None lets the worker's configured model answer."""
     owned_by: str
     created: int
+    effort: str | None = None
+    """Reasoning effort the id implies, unless the request names one."""
 
 
 class ModelCatalog:

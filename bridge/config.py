@@ -32,11 +32,20 @@ class _Frozen(BaseModel):
 class ModelAlias(_Frozen):
     id: Annotated[str, Field(min_length=1)]
     codex_model: str | None = None
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
 
     @classmethod
     def parse(cls, text: str) -> ModelAlias:
-        model_id, _, codex_model = text.strip().partition("=")
-        return cls(id=model_id.strip(), codex_model=codex_model.strip() or None)
+        """`ID`, `ID=CODEX_MODEL` or `ID=CODEX_MODEL@EFFORT` (e.g. `gpt-high=gpt-6@high`)."""
+        model_id, _, target = text.strip().partition("=")
+        codex_model, _, effort = target.partition("@")
+        return cls.model_validate(
+            {
+                "id": model_id.strip(),
+                "codex_model": codex_model.strip() or None,
+                "effort": effort.strip() or None,
+            }
+        )
 
 
 class ServerSettings(_Frozen):
@@ -198,7 +207,7 @@ FIELDS: Final = (
         "codex",
         "models",
         "BRIDGE_MODELS",
-        "Extra model ids to serve, `ID` or `ID=CODEX_MODEL` (env: comma-separated).",
+        "Extra model ids to serve: `ID`, `ID=CODEX_MODEL` or `ID=CODEX_MODEL@EFFORT` (env: comma-separated).",
     ),
     FieldDoc(
         "codex",
@@ -426,7 +435,10 @@ def load_settings(
                 for m in tree["codex"]["models"]
             ]
         except ValidationError:
-            raise ConfigError("codex.models: every entry must be ID or ID=CODEX_MODEL") from None
+            raise ConfigError(
+                "codex.models: every entry must be ID, ID=CODEX_MODEL or ID=CODEX_MODEL@EFFORT "
+                "with EFFORT one of none, minimal, low, medium, high, xhigh"
+            ) from None
     try:
         return Settings.model_validate(tree)
     except ValidationError as exc:

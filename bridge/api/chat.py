@@ -19,7 +19,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from bridge.api.conversation import Item, Said, build_turn_request
+from bridge.api.conversation import Item, Said, build_turn_request, image_url
 from bridge.api.drive import drive
 from bridge.api.fanout import open_sessions
 from bridge.api.limits import OutputLimiter
@@ -30,11 +30,14 @@ from bridge.api.schemas import (
     ChatCompletionRequest,
     FunctionMessage,
     FunctionTool,
+    ImagePart,
     JSONObjectFormat,
     JSONSchemaFormat,
     NamedToolChoice,
     OtherTool,
+    TextPart,
     ToolMessage,
+    UserMessage,
 )
 from bridge.api.sse import ClientGone, SSEStream
 from bridge.api.turns import TurnSession
@@ -43,7 +46,7 @@ from bridge.appkeys import CATALOG, SETTINGS
 from bridge.catalog import CatalogEntry
 from bridge.codex.events import ToolCall, Usage
 from bridge.codex.turn import HistoryToolCall, HistoryToolOutput, ToolSpec, TurnRequest
-from bridge.errors import BridgeError, InvalidRequest
+from bridge.errors import BridgeError, InvalidRequest, UpstreamFailed
 
 IGNORED_PARAMS_HEADER: Final = "x-codex-bridge-ignored-params"
 
@@ -53,6 +56,10 @@ _NOT_YET: Final = (
     ("function_call", "Legacy 'function_call' is not supported; use 'tool_choice'."),
     ("audio", "Audio output is not supported."),
 )
+
+
+# json_object has no Codex equivalent: the model is told, and the reply checked.
+JSON_OBJECT_INSTRUCTION: Final = "Respond with one valid JSON object and nothing else."
 
 
 def completion_id() -> str:
@@ -145,6 +152,21 @@ def conversation_of(req: ChatCompletionRequest) -> list[Item]:
             items.append(Said("assistant", _text_of(message.content, param)))
             for call in message.tool_calls or []:
                 items.append(HistoryToolCall(call.id, call.function.name, call.function.arguments))
+        elif isinstance(message, UserMessage) and not isinstance(message.content, str):
+            texts: list[str] = []
+            images: list[str] = []
+            for j, part in enumerate(message.content):
+                if isinstance(part, ImagePart):
+                    images.append(image_url(part.image_url.url, f"{param}[{j}].image_url.url"))
+                elif isinstance(part, TextPart):
+                    texts.append(part.text)
+                else:
+                    raise InvalidRequest(
+                        f"Content parts of type '{part.type}' are not supported.",
+                        param=f"{param}[{j}]",
+                        code="unsupported_content",
+                    )
+            items.append(Said("user", "\n".join(texts), tuple(images)))
         else:
             items.append(Said(message.role, _text_of(message.content, param)))
     return items
@@ -165,17 +187,20 @@ def to_turn_request(req: ChatCompletionRequest, entry: CatalogEntry) -> TurnRequ
     fmt = req.response_format
     if isinstance(fmt, JSONSchemaFormat):
         output_schema = fmt.json_schema.schema_ or {"type": "object"}
-    elif isinstance(fmt, JSONObjectFormat):
-        raise InvalidRequest(
-            "response_format 'json_object' is not supported yet; use 'json_schema'.",
-            param="response_format",
-        )
     tools, hint = tool_specs(req.tools, req.tool_choice)
+    if isinstance(fmt, JSONObjectFormat):
+        if not any("json" in str(m.content).lower() for m in req.messages):
+            raise InvalidRequest(
+                "'messages' must contain the word 'json' in some form, to use "
+                "'response_format' of type 'json_object'.",
+                param="messages",
+            )
+        hint = "\n\n".join(filter(None, [hint, JSON_OBJECT_INSTRUCTION]))
     return build_turn_request(
         conversation_of(req),
         codex_model=entry.codex_model,
         instructions=hint,
-        effort=req.reasoning_effort,
+        effort=req.reasoning_effort or entry.effort,
         output_schema=output_schema,
         tools=tools,
     )
@@ -254,6 +279,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         collector = _Collector(n)
         waiting = await drive(sessions, limiters, collector)
         park_waiting(pending, sessions, waiting)
+        if isinstance(req.response_format, JSONObjectFormat):
+            collector.check_json()
         return web.Response(
             body=orjson.dumps(collector.body(req.model)),
             content_type="application/json",
@@ -297,6 +324,21 @@ class _Collector:
 
     async def keepalive(self) -> None:
         pass
+
+    def check_json(self) -> None:
+        for index, parts in enumerate(self.texts):
+            if self.reasons[index] != "stop":
+                continue  # cut short: OpenAI does not promise valid JSON then either
+            try:
+                valid = isinstance(orjson.loads("".join(parts)), dict)
+            except orjson.JSONDecodeError:
+                valid = False
+            if not valid:
+                raise UpstreamFailed(
+                    "The model did not produce a valid JSON object for response_format "
+                    "'json_object'.",
+                    code="invalid_json_output",
+                )
 
     def _message(self, index: int) -> dict[str, Any]:
         calls = self.calls[index]

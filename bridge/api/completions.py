@@ -135,7 +135,9 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     _check_supported(req)
     prompts = prompts_of(req)
     turn_requests = [
-        build_turn_request([Said("user", p)], codex_model=entry.codex_model, param="prompt")
+        build_turn_request(
+            [Said("user", p)], codex_model=entry.codex_model, effort=entry.effort, param="prompt"
+        )
         for p in prompts
     ]
     limiters = limiters_for(req.stop, req.max_tokens, len(prompts))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from bridge.codex.turn import (
     HistoryItem,
@@ -28,6 +28,22 @@ from bridge.errors import InvalidRequest
 class Said:
     role: str  # system | developer | user | assistant
     text: str
+    images: tuple[str, ...] = ()
+
+
+# Images reach the model by URL; a path or file: URL would make the worker
+# read the bridge host's disk on a caller's behalf.
+IMAGE_SCHEMES: Final = ("https://", "http://", "data:image/")
+
+
+def image_url(url: str, param: str) -> str:
+    if not url.startswith(IMAGE_SCHEMES):
+        raise InvalidRequest(
+            "Image URLs must be http(s) or data:image/ URLs; local files are not accepted.",
+            param=param,
+            code="invalid_image_url",
+        )
+    return url
 
 
 Item = Said | HistoryToolCall | HistoryToolOutput
@@ -56,12 +72,14 @@ def build_turn_request(
             else:
                 system.append(item.text)
         elif item.role == "user":
-            history.append(HistoryMessage("user", item.text))
+            history.append(HistoryMessage("user", item.text, item.images))
         elif item.text:
             history.append(HistoryMessage("assistant", item.text))
     last = history[-1] if history else None
+    images: tuple[str, ...] = ()
     if isinstance(last, HistoryMessage) and last.role == "user":
         new_input: str | None = last.text
+        images = last.images
         history.pop()
     elif isinstance(last, HistoryToolOutput):
         new_input = None
@@ -75,6 +93,7 @@ def build_turn_request(
         )
     return TurnRequest(
         input=new_input,
+        input_images=images,
         model=codex_model,
         instructions="\n\n".join(system) if system else None,
         history=tuple(history),

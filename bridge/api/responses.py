@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from bridge.api.chat import park_waiting, single_session, trailing_tool_outputs
-from bridge.api.conversation import Item, Said, build_turn_request
+from bridge.api.conversation import Item, Said, build_turn_request, image_url
 from bridge.api.drive import drive
 from bridge.api.fanout import open_sessions
 from bridge.api.limits import OutputLimiter
@@ -29,6 +29,7 @@ from bridge.api.schemas import (
     FormatJSONSchema,
     FunctionCallItem,
     FunctionCallOutputItem,
+    InputImage,
     InputMessage,
     InputText,
     OtherItem,
@@ -70,17 +71,20 @@ def conversation_of(req: ResponseCreateRequest) -> list[Item]:
                 said.append(Said(item.role, item.content))
                 continue
             texts: list[str] = []
+            images: list[str] = []
             for j, part in enumerate(item.content):
                 if isinstance(part, Refusal):
                     texts.append(part.refusal)
                 elif isinstance(part, InputText | OutputText):
                     texts.append(part.text)
+                elif isinstance(part, InputImage) and part.image_url:
+                    images.append(image_url(part.image_url, f"input[{i}].content[{j}].image_url"))
                 else:
                     raise _refuse(
                         f"Content parts of type '{part.type}' are not supported yet.",
                         f"input[{i}].content[{j}]",
                     )
-            said.append(Said(item.role, "\n".join(texts)))
+            said.append(Said(item.role, "\n".join(texts), tuple(images)))
         elif isinstance(item, FunctionCallItem):
             said.append(HistoryToolCall(item.call_id, item.name, item.arguments))
         elif isinstance(item, FunctionCallOutputItem):
@@ -163,7 +167,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         codex_model=entry.codex_model,
         instructions=instructions,
         tools=tools,
-        effort=req.reasoning.effort if req.reasoning else None,
+        effort=(req.reasoning.effort if req.reasoning else None) or entry.effort,
         output_schema=output_schema,
         param="input",
         persist=keep,

@@ -21,6 +21,8 @@ class HistoryMessage:
 
     role: HistoryRole
     text: str
+    images: tuple[str, ...] = ()
+    """Image URLs (http(s) or data:) attached to the message."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -58,6 +60,7 @@ class TurnRequest:
 
     input: str | None
     """The new user message; None when the turn continues from tool outputs in the history."""
+    input_images: tuple[str, ...] = ()
     model: str | None = None
     """Codex model id; None lets the worker's configured model answer."""
     instructions: str | None = None

@@ -159,13 +159,9 @@ def history_items(request: TurnRequest) -> list[dict[str, Any]]:
             )
         else:
             part_type = "output_text" if entry.role == "assistant" else "input_text"
-            items.append(
-                {
-                    "type": "message",
-                    "role": entry.role,
-                    "content": [{"type": part_type, "text": entry.text}],
-                }
-            )
+            content: list[dict[str, Any]] = [{"type": part_type, "text": entry.text}]
+            content += [{"type": "input_image", "image_url": url} for url in entry.images]
+            items.append({"type": "message", "role": entry.role, "content": content})
     return items
 
 
@@ -204,7 +200,10 @@ async def start_turn(
                 "thread/inject_items", {"threadId": thread_id, "items": items}, timeout=timeout
             )
         # No new text when the turn continues from tool outputs in the history.
-        new_input = [] if request.input is None else [{"type": "text", "text": request.input}]
+        new_input: list[dict[str, Any]] = []
+        if request.input is not None:
+            new_input.append({"type": "text", "text": request.input})
+        new_input += [{"type": "image", "url": url} for url in request.input_images]
         turn_params: dict[str, Any] = {"threadId": thread_id, "input": new_input}
         if request.effort:
             turn_params["effort"] = request.effort

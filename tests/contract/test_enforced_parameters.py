@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import openai
 import pytest
@@ -114,3 +115,71 @@ async def test_legacy_completion_honours_stop_and_max_tokens(client: openai.Asyn
     )
     assert limited.choices[0].finish_reason == "length"
     assert count_tokens(limited.choices[0].text) == 4
+
+
+PIXEL = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8"
+    "z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+async def test_image_inputs_reach_the_model_and_local_files_are_refused(
+    bridge: RunningBridge, client: openai.AsyncOpenAI
+) -> None:
+    completion = await client.chat.completions.create(
+        model=DEMO_MODEL_ID,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this? [[reply=a pixel]]"},
+                    {"type": "image_url", "image_url": {"url": PIXEL}},
+                ],
+            }
+        ],
+    )
+    assert completion.choices[0].message.content == "a pixel"
+    parts = [
+        part
+        for item in bridge.demo.requests[-1]["input"]
+        if item.get("role") == "user"
+        for part in item.get("content", [])
+    ]
+    assert any(p.get("type") == "input_image" and p.get("image_url") == PIXEL for p in parts)
+    for url in ("/etc/passwd", "file:///etc/passwd"):
+        with pytest.raises(openai.BadRequestError) as error:
+            await client.chat.completions.create(
+                model=DEMO_MODEL_ID,
+                messages=[
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+                ],
+            )
+        assert error.value.code == "invalid_image_url"
+        assert error.value.param == "messages[0].content[0].image_url.url"
+
+
+async def test_json_object_format_instructs_the_model_and_checks_the_reply(
+    bridge: RunningBridge, client: openai.AsyncOpenAI
+) -> None:
+    fmt: Any = {"type": "json_object"}
+    good = await client.chat.completions.create(
+        model=DEMO_MODEL_ID,
+        messages=[{"role": "user", "content": "answer in JSON [[json]]"}],
+        response_format=fmt,
+    )
+    assert good.choices[0].message.content == '{"answer":"demo","ok":true}'
+    assert "valid JSON object" in str(bridge.demo.requests[-1]["input"])
+    with pytest.raises(openai.InternalServerError) as bad:
+        await client.chat.completions.create(
+            model=DEMO_MODEL_ID,
+            messages=[{"role": "user", "content": "answer in JSON [[reply=not json]]"}],
+            response_format=fmt,
+        )
+    assert bad.value.code == "invalid_json_output"
+    with pytest.raises(openai.BadRequestError) as missing_word:
+        await client.chat.completions.create(
+            model=DEMO_MODEL_ID,
+            messages=[{"role": "user", "content": "no mention"}],
+            response_format=fmt,
+        )
+    assert missing_word.value.param == "messages"

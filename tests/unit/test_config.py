@@ -155,5 +155,16 @@ def test_readme_configuration_table_matches_the_code() -> None:
     start = readme.index("<!-- config-table:start -->") + len("<!-- config-table:start -->")
     end = readme.index("<!-- config-table:end -->")
     assert readme[start:end].strip() == config_table_markdown(), (
-        "README table is stale: regenerate it with `codex-bridge config-table`"
+        "README table is stale: regenerate it with scripts/sync-readme"
     )
+
+
+def test_model_alias_can_imply_a_reasoning_effort() -> None:
+    settings = load_settings(
+        config_path=None, env={"BRIDGE_MODELS": "deep=gpt-6@high,plain"}, overrides={}
+    )
+    deep, plain = settings.codex.models
+    assert (deep.id, deep.codex_model, deep.effort) == ("deep", "gpt-6", "high")
+    assert (plain.codex_model, plain.effort) == (None, None)
+    with pytest.raises(ConfigError, match="EFFORT"):
+        load_settings(config_path=None, env={"BRIDGE_MODELS": "x=y@extreme"}, overrides={})
