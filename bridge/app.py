@@ -29,7 +29,7 @@ from bridge.catalog import CatalogEntry, ModelCatalog
 from bridge.codex.turn import TurnLimits
 from bridge.config import Settings, resolve_codex_bin, resolve_codex_home, resolve_store_path
 from bridge.demo import DEMO_MODEL_ID, DemoModel
-from bridge.ops import auth
+from bridge.ops import auth, usage
 from bridge.ops.admission import KEY_LIMITS, KeyLimits
 from bridge.ops.auth import AUTH, auth_middleware, build_policy, metrics_guard
 from bridge.ops.metrics import Metrics
@@ -68,6 +68,7 @@ def make_app(settings: Settings, *, environ: Mapping[str, str] | None = None) ->
     app[PENDING] = PendingToolCalls(settings.codex.tool_call_timeout_s)
 
     app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_usage_ctx)
     if settings.demo.enabled:
         app.cleanup_ctx.append(_demo_ctx)
     app.cleanup_ctx.append(lambda a: _pool_ctx(a, env))
@@ -80,6 +81,7 @@ def make_app(settings: Settings, *, environ: Mapping[str, str] | None = None) ->
     app.router.add_post("/v1/completions", completions.create_completion)
     app.router.add_post("/v1/responses", responses.create_response)
     app.router.add_get("/v1/responses/{response_id}", responses.get_response)
+    app.router.add_get("/v1/usage", usage.get_usage)
     app.router.add_get(
         "/metrics",
         metrics_guard(settings.server.metrics_access, make_aiohttp_handler(app[METRICS].registry)),
@@ -114,6 +116,14 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     yield
     await store.close()
+
+
+async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:
+    ledger = usage.UsageLedger(resolve_store_path(app[SETTINGS]))
+    ledger.start()
+    app[usage.USAGE] = ledger
+    yield
+    await ledger.close()
 
 
 async def _demo_ctx(app: web.Application) -> AsyncIterator[None]:

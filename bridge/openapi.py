@@ -33,6 +33,7 @@ SUMMARIES: Final = {
     "/v1/completions": "Legacy text completion, JSON or SSE (text_completion frames, then [DONE]).",
     "/v1/responses": "Responses API, JSON or typed SSE events (no [DONE]).",
     "/v1/responses/{response_id}": "A stored response.",
+    "/v1/usage": "Token usage per API key and model in day buckets (query: start_time, end_time).",
 }
 
 ERROR_ENVELOPE: Final = {

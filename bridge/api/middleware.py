@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 
 from bridge.ops.metrics import Metrics
+from bridge.ops.usage import USAGE, UsageRow
 
 log = structlog.get_logger("bridge.access")
 
@@ -38,6 +39,8 @@ class AccessRecord:
     outcome: str = "ok"
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
     ttft_s: float | None = None
     worker: int | None = None
     key_name: str | None = None
@@ -82,6 +85,21 @@ def _finish(request: web.Request, record: AccessRecord, status: int) -> None:
     route = route_of(request)
     metrics = request.app[METRICS]
     metrics.http_requests.labels(route, request.method, str(status)).inc()
+    ledger = request.app.get(USAGE)
+    if ledger is not None and record.model is not None and record.prompt_tokens is not None:
+        ledger.record(
+            UsageRow(
+                ts=time.time(),
+                key_name=record.key_name or "anonymous",
+                model=record.model,
+                endpoint=route,
+                status=status,
+                input_tokens=record.prompt_tokens,
+                cached_tokens=record.cached_tokens,
+                output_tokens=record.completion_tokens or 0,
+                reasoning_tokens=record.reasoning_tokens,
+            )
+        )
     metrics.http_duration.labels(route, request.method).observe(elapsed)
     if route in ("/healthz", "/readyz", "/metrics") and status < 400:
         return  # probes every few seconds would drown the access log

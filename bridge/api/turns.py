@@ -203,8 +203,11 @@ class TurnSession:
         self._ended = True
         record = self._record
         record.outcome = outcome
-        record.prompt_tokens = usage.input_tokens
-        record.completion_tokens = usage.output_tokens
+        # Several turns (n choices, several prompts) add up in one request.
+        record.prompt_tokens = (record.prompt_tokens or 0) + usage.input_tokens
+        record.completion_tokens = (record.completion_tokens or 0) + usage.output_tokens
+        record.cached_tokens += usage.cached_input_tokens
+        record.reasoning_tokens += usage.reasoning_tokens
         model = record.model or "unknown"
         tokens = self._metrics.tokens
         tokens.labels("prompt", model).inc(usage.input_tokens)

@@ -206,3 +206,35 @@ async def test_metrics_expose_the_documented_series_with_bounded_labels(
     ):
         assert series in text, series
     assert "req_" not in text  # no request ids as labels
+
+
+async def test_usage_ledger_totals_per_key_and_model_by_day(keyed: RunningBridge) -> None:
+    import time
+
+    start = int(time.time()) - 60
+    auth = {"Authorization": f"Bearer {BOB}"}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):
+            async with http.post(
+                f"{keyed.base_url}/v1/chat/completions",
+                json=chat_body("[[reply=a b c]] [[cached=2]]"),
+                headers=auth,
+            ) as r:
+                assert r.status == 200
+        async with http.get(
+            f"{keyed.base_url}/v1/usage", params={"start_time": str(start)}, headers=auth
+        ) as r:
+            assert r.status == 200
+            page = await r.json()
+        async with http.get(f"{keyed.base_url}/v1/usage", headers=auth) as r:
+            assert r.status == 400
+            assert (await r.json())["error"]["param"] == "start_time"
+        async with http.get(f"{keyed.base_url}/v1/usage", params={"start_time": "1"}) as r:
+            assert r.status == 401
+    assert page["object"] == "page"
+    results = [res for bucket in page["data"] for res in bucket["results"]]
+    assert {res["api_key_name"] for res in results} == {"bob"}  # a key sees its own usage
+    bob = [res for res in results if res["model"] == DEMO_MODEL_ID]
+    assert sum(res["num_model_requests"] for res in bob) >= 2
+    assert sum(res["output_tokens"] for res in bob) >= 6
+    assert sum(res["input_cached_tokens"] for res in bob) >= 4

@@ -1,0 +1,200 @@
+"""The usage ledger: one row per finished request, and `GET /v1/usage` over it in day buckets.
+
+Rows are queued by the access middleware (never blocking a request) and
+written in batches to SQLite by one writer task. The endpoint answers in
+the shape of OpenAI's completions usage API: pages of day buckets whose
+results are grouped by API key name and model. With API keys configured a
+caller sees its own key's usage only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from bridge.errors import InvalidRequest
+
+DAY_S: Final = 86_400
+# Rows are written in batches of at most this many, as soon as any are queued.
+BATCH_MAX: Final = 256
+# At most this many days per query, as OpenAI's usage API.
+MAX_BUCKETS: Final = 31
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS usage (
+    ts REAL NOT NULL,
+    key_name TEXT NOT NULL,
+    model TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    ts: float
+    key_name: str
+    model: str
+    endpoint: str
+    status: int
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+
+
+class UsageLedger:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._queue: asyncio.Queue[UsageRow] = asyncio.Queue()
+        self._lock = asyncio.Lock()
+        self._writer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name="usage-ledger")
+
+    def record(self, row: UsageRow) -> None:
+        self._queue.put_nowait(row)
+
+    async def flush(self) -> None:
+        """Writes whatever is queued (tests, shutdown)."""
+        rows = []
+        while not self._queue.empty():
+            rows.append(self._queue.get_nowait())
+        await self._insert(rows)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        await self.flush()
+        self._db.close()
+
+    async def _write_loop(self) -> None:
+        while True:
+            rows = [await self._queue.get()]
+            while len(rows) < BATCH_MAX and not self._queue.empty():
+                rows.append(self._queue.get_nowait())
+            await self._insert(rows)
+
+    async def _insert(self, rows: list[UsageRow]) -> None:
+        if not rows:
+            return
+        values = [
+            (
+                r.ts,
+                r.key_name,
+                r.model,
+                r.endpoint,
+                r.status,
+                r.input_tokens,
+                r.cached_tokens,
+                r.output_tokens,
+                r.reasoning_tokens,
+            )
+            for r in rows
+        ]
+        async with self._lock:
+            await asyncio.to_thread(
+                self._db.executemany, "INSERT INTO usage VALUES (?,?,?,?,?,?,?,?,?)", values
+            )
+
+    async def buckets(self, start: int, end: int, key_name: str | None) -> list[dict[str, Any]]:
+        where = "ts >= ? AND ts < ?"
+        args: list[Any] = [start, end]
+        if key_name is not None:
+            where += " AND key_name = ?"
+            args.append(key_name)
+        sql = (
+            "SELECT CAST((ts - ?) / ? AS INTEGER) AS day, key_name, model, COUNT(*), "
+            "SUM(input_tokens), SUM(cached_tokens), SUM(output_tokens), SUM(reasoning_tokens) "
+            f"FROM usage WHERE {where} GROUP BY day, key_name, model ORDER BY day, key_name, model"
+        )
+        async with self._lock:
+            rows = await asyncio.to_thread(
+                lambda: self._db.execute(sql, [start, DAY_S, *args]).fetchall()
+            )
+        days = (end - start + DAY_S - 1) // DAY_S
+        buckets = [
+            {
+                "object": "bucket",
+                "start_time": start + i * DAY_S,
+                "end_time": min(end, start + (i + 1) * DAY_S),
+                "results": [],
+            }
+            for i in range(days)
+        ]
+        for day, key, model, count, inp, cached, out, reasoning in rows:
+            buckets[day]["results"].append(
+                {
+                    "object": "organization.usage.completions.result",
+                    "api_key_name": key,
+                    "model": model,
+                    "num_model_requests": count,
+                    "input_tokens": inp,
+                    "input_cached_tokens": cached,
+                    "output_tokens": out,
+                    "output_reasoning_tokens": reasoning,
+                }
+            )
+        return buckets
+
+
+USAGE: Final = web.AppKey("usage_ledger", UsageLedger)
+
+
+def _int_param(request: web.Request, name: str, default: int | None) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise InvalidRequest(
+                f"Missing required parameter: '{name}'.",
+                param=name,
+                code="missing_required_parameter",
+            )
+        return default
+    if not raw.isdigit():
+        raise InvalidRequest(
+            f"Invalid type for '{name}': expected an integer (unix seconds).",
+            param=name,
+            code="invalid_type",
+        )
+    return int(raw)
+
+
+async def get_usage(request: web.Request) -> web.Response:
+    """`GET /v1/usage?start_time=<unix s>[&end_time=<unix s>]`: day buckets, newest data included."""
+    from bridge.ops.auth import API_KEY
+
+    start = _int_param(request, "start_time", None)
+    end = _int_param(request, "end_time", int(time.time()) + 1)
+    if end <= start:
+        raise InvalidRequest("'end_time' must be after 'start_time'.", param="end_time")
+    if (end - start) > MAX_BUCKETS * DAY_S:
+        raise InvalidRequest(
+            f"At most {MAX_BUCKETS} days per request.", param="end_time", code="invalid_value"
+        )
+    key = request.get(API_KEY)
+    ledger = request.app[USAGE]
+    await ledger.flush()
+    data = await ledger.buckets(start, end, key.name if key is not None else None)
+    body = {"object": "page", "data": data, "has_more": False, "next_page": None}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
