@@ -43,15 +43,16 @@ class ServerRequestPolicy:
         self._router = router
 
     async def answer(self, method: str, params: dict[str, Any]) -> Any:
+        turn = self._router.get(str(params.get("threadId")))
+        request_id = turn.request_id if turn is not None else None
         fixed = _FIXED_ANSWERS.get(method)
         if fixed is not None:
-            log.info("declined codex request", method=method, thread=params.get("threadId"))
+            log.info("declined codex request", method=method, request_id=request_id)
             return fixed
         if method == "item/tool/call":
             # Client-defined tools are answered by the turn that owns the thread.
-            turn = self._router.get(str(params.get("threadId")))
             if turn is not None:
                 return await turn.answer_tool_call(params)
             return TOOL_UNAVAILABLE
-        log.warning("refused codex request", method=method)
+        log.warning("refused codex request", method=method, request_id=request_id)
         raise RpcError(METHOD_NOT_FOUND, f"codex-bridge does not serve {method}", None)

@@ -253,6 +253,9 @@ class V2Turn:
         self._router = router
         self.thread_id = thread_id
         self.turn_id: str | None = None
+        # Lines logged for this turn from the reader's tasks carry the id of
+        # the HTTP request that started it (contextvars do not reach them).
+        self.request_id = structlog.contextvars.get_contextvars().get("request_id")
         self._settings = settings
         self._inbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._ready: deque[TurnEvent] = deque()

@@ -129,7 +129,7 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.handshake = Histogram(
+        self.handshake_seconds = Histogram(
             "codex_bridge_worker_handshake_seconds",
             "Spawn to completed initialize handshake.",
             buckets=HANDSHAKE_BUCKETS,
@@ -160,3 +160,9 @@ class Metrics:
 
     def restarted(self, reason: str) -> None:
         self.worker_restarts.labels(reason).inc()
+
+    def handshake(self, seconds: float) -> None:
+        self.handshake_seconds.observe(seconds)
+
+    def rpc_failed(self, method: str, kind: str) -> None:
+        self.rpc_errors.labels(method, kind).inc()

@@ -19,17 +19,16 @@ from typing import Protocol
 import structlog
 
 from bridge.errors import RateLimited, ServiceUnavailable
-from bridge.worker.supervisor import Worker, WorkerConfig, WorkerState
+from bridge.worker.supervisor import Worker, WorkerConfig, WorkerObserver, WorkerState
 
 log = structlog.get_logger("bridge.pool")
 
 
-class PoolObserver(Protocol):
-    """Where the pool reports what metrics want to know; all calls are cheap and sync."""
+class PoolObserver(WorkerObserver, Protocol):
+    """Where the pool and its workers report what metrics want to know; cheap, sync calls."""
 
     def rejected(self, reason: str) -> None: ...
     def waited(self, seconds: float) -> None: ...
-    def restarted(self, reason: str) -> None: ...
 
 
 class _NoObserver:
@@ -40,6 +39,12 @@ class _NoObserver:
         pass
 
     def restarted(self, reason: str) -> None:
+        pass
+
+    def handshake(self, seconds: float) -> None:
+        pass
+
+    def rpc_failed(self, method: str, kind: str) -> None:
         pass
 
 
@@ -60,7 +65,7 @@ class WorkerPool:
         self._cond = asyncio.Condition()
         self.waiting = 0
         self.workers = [
-            Worker(i, config, on_state=self._worker_state_changed, on_restart=self._restarted)
+            Worker(i, config, on_state=self._worker_state_changed, observer=self.observer)
             for i, config in enumerate(configs)
         ]
         self.closing = False
@@ -189,7 +194,3 @@ class WorkerPool:
     def _worker_state_changed(self, worker: Worker, state: WorkerState) -> None:
         log.info("worker state", worker=worker.id, state=state.value)
         self._wake()
-
-    def _restarted(self, worker: Worker, reason: str) -> None:
-        log.warning("worker restart", worker=worker.id, reason=reason, restarts=worker.restarts)
-        self.observer.restarted(reason)

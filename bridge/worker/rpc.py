@@ -87,6 +87,8 @@ class RpcConnection:
         self._reader_task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self.on_message: MessageHook | None = None
+        self.on_error: Callable[[str, str], None] | None = None
+        """Called with (method, "error" | "timeout" | "closed") when a request fails."""
 
     # -- public ------------------------------------------------------------------------
     def start(self) -> None:
@@ -120,9 +122,20 @@ class RpcConnection:
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
+            self._failed(method, "timeout")
             raise RpcTimeout(method, timeout) from None
+        except RpcError:
+            self._failed(method, "error")
+            raise
+        except ConnectionClosed:
+            self._failed(method, "closed")
+            raise
         finally:
             self._pending.pop(request_id, None)
+
+    def _failed(self, method: str, kind: str) -> None:
+        if self.on_error is not None:
+            self.on_error(method, kind)
 
     async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
         message: dict[str, Any] = {"method": method}

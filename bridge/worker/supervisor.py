@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
 
@@ -68,6 +68,14 @@ class WorkerConfig:
 StateListener = Callable[["Worker", WorkerState], None]
 
 
+class WorkerObserver(Protocol):
+    """Where a worker reports what metrics want to know; every call is cheap and sync."""
+
+    def restarted(self, reason: str) -> None: ...
+    def handshake(self, seconds: float) -> None: ...
+    def rpc_failed(self, method: str, kind: str) -> None: ...
+
+
 class Worker:
     """A supervised app-server process that runs turns for the pool."""
 
@@ -77,7 +85,7 @@ class Worker:
         config: WorkerConfig,
         *,
         on_state: StateListener | None = None,
-        on_restart: Callable[[Worker, str], None] | None = None,
+        observer: WorkerObserver | None = None,
     ) -> None:
         self.id = worker_id
         self.config = config
@@ -87,7 +95,7 @@ class Worker:
         self.pid: int | None = None
         self.user_agent: str | None = None
         self._on_state = on_state
-        self._on_restart = on_restart
+        self._observer = observer
         self._router = ThreadRouter()
         self._policy = ServerRequestPolicy(self._router)
         self._conn: RpcConnection | None = None
@@ -170,8 +178,9 @@ class Worker:
             if self._stopping.is_set():
                 break
             self.restarts += 1
-            if self._on_restart is not None:
-                self._on_restart(self, reason)
+            self._log.warning("worker restart", reason=reason, restarts=self.restarts)
+            if self._observer is not None:
+                self._observer.restarted(reason)
             if time.monotonic() - started >= self.config.healthy_reset_s:
                 backoff = self.config.backoff_initial_s
             else:
@@ -196,6 +205,8 @@ class Worker:
             logger=self._log,
             name=f"codex-{self.id}",
         )
+        if self._observer is not None:
+            conn.on_error = self._observer.rpc_failed
         conn.start()
         self._conn = conn
         reason = "exited"
@@ -205,10 +216,13 @@ class Worker:
             if not await self._handshake(conn):
                 reason = "handshake_failed"
                 return reason
+            handshake_s = time.perf_counter() - t0
+            if self._observer is not None:
+                self._observer.handshake(handshake_s)
             self._log.info(
                 "worker ready",
                 pid=proc.pid,
-                handshake_ms=round((time.perf_counter() - t0) * 1000, 1),
+                handshake_ms=round(handshake_s * 1000, 1),
                 user_agent=self.user_agent,
             )
             self._ready.set()

@@ -8,6 +8,25 @@ from pathlib import Path
 from bridge.worker.supervisor import Worker, WorkerConfig, WorkerState
 from tests.harness import wait_until
 
+
+class Recorder:
+    """A WorkerObserver that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.restarts: list[str] = []
+        self.handshakes: list[float] = []
+        self.rpc_failures: list[tuple[str, str]] = []
+
+    def restarted(self, reason: str) -> None:
+        self.restarts.append(reason)
+
+    def handshake(self, seconds: float) -> None:
+        self.handshakes.append(seconds)
+
+    def rpc_failed(self, method: str, kind: str) -> None:
+        self.rpc_failures.append((method, kind))
+
+
 FAKE = str(Path(__file__).resolve().parents[1] / "fakes" / "fake_app_server.py")
 WAIT_S = 20.0
 
@@ -37,10 +56,9 @@ def config(
 async def test_worker_that_crashes_after_handshake_is_restarted_with_backoff(
     tmp_path: Path,
 ) -> None:
-    restarts: list[str] = []
-    worker = Worker(
-        0, config(tmp_path, "--crash-after-init"), on_restart=lambda w, r: restarts.append(r)
-    )
+    seen = Recorder()
+    restarts = seen.restarts
+    worker = Worker(0, config(tmp_path, "--crash-after-init"), observer=seen)
     worker.start()
     try:
         await wait_until(lambda: len(restarts) >= 3, timeout=WAIT_S)
@@ -54,11 +72,12 @@ async def test_worker_that_crashes_after_handshake_is_restarted_with_backoff(
 async def test_unresponsive_worker_is_detected_by_the_health_probe_and_replaced(
     tmp_path: Path,
 ) -> None:
-    restarts: list[str] = []
+    seen = Recorder()
+    restarts = seen.restarts
     worker = Worker(
         0,
         config(tmp_path, "--hang-health", health_interval_s=0.1, rpc_timeout_s=0.5),
-        on_restart=lambda w, r: restarts.append(r),
+        observer=seen,
     )
     worker.start()
     try:
@@ -67,6 +86,7 @@ async def test_unresponsive_worker_is_detected_by_the_health_probe_and_replaced(
         # The fake never answers the probe: rpc_timeout_s later, it is replaced.
         await wait_until(lambda: restarts, timeout=WAIT_S)
         assert restarts[0] == "unresponsive"
+        assert ("thread/loaded/list", "timeout") in seen.rpc_failures
         await wait_until(lambda: worker.ready and worker.pid != first_pid, timeout=WAIT_S)
     finally:
         await worker.stop()
@@ -75,12 +95,9 @@ async def test_unresponsive_worker_is_detected_by_the_health_probe_and_replaced(
 async def test_missing_binary_keeps_retrying_without_crashing_the_supervisor(
     tmp_path: Path,
 ) -> None:
-    restarts: list[str] = []
-    worker = Worker(
-        0,
-        config(tmp_path, argv=[str(tmp_path / "no-such-codex")]),
-        on_restart=lambda w, r: restarts.append(r),
-    )
+    seen = Recorder()
+    restarts = seen.restarts
+    worker = Worker(0, config(tmp_path, argv=[str(tmp_path / "no-such-codex")]), observer=seen)
     worker.start()
     try:
         await wait_until(lambda: len(restarts) >= 2, timeout=WAIT_S)
@@ -92,10 +109,12 @@ async def test_missing_binary_keeps_retrying_without_crashing_the_supervisor(
 
 
 async def test_handshake_then_ready_then_graceful_stop(tmp_path: Path) -> None:
-    worker = Worker(0, config(tmp_path))
+    seen = Recorder()
+    worker = Worker(0, config(tmp_path), observer=seen)
     worker.start()
     assert await worker.wait_ready(WAIT_S)
     assert worker.user_agent == "fake/0.0.0"
+    assert len(seen.handshakes) == 1 and seen.handshakes[0] > 0
     await worker.stop()
     assert not worker.ready
     assert worker.restarts == 0

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,28 @@ class Daemon:
 
 
 @pytest.fixture
-async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def datagrams(sock: socket.socket) -> list[bytes]:
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(4096))
+        except BlockingIOError:
+            return out
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path, notify_socket: socket.socket) -> AsyncIterator[Daemon]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env["NOTIFY_SOCKET"] = notify_socket.getsockname()
+    env["WATCHDOG_USEC"] = "400000"  # a ping every 0.2 s while healthy
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -53,7 +74,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
         "--codex-home",
         str(tmp_path / "home"),
         stdout=asyncio.subprocess.PIPE,
-        env={**env, "BRIDGE_SHUTDOWN_TIMEOUT_S": "20"},
+        env={**env, "BRIDGE_SHUTDOWN_TIMEOUT_S": "20", "BRIDGE_SSE_KEEPALIVE_S": "0.2"},
     )
     d = Daemon(proc)
     try:
@@ -67,6 +88,35 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_daemon_talks_the_systemd_notify_protocol(
+    daemon: Daemon, notify_socket: socket.socket
+) -> None:
+    loop = asyncio.get_running_loop()
+    received: list[bytes] = []
+    async with asyncio.timeout(START_TIMEOUT_S):
+        while not any(b"READY=1" in d for d in received) or b"WATCHDOG=1" not in received:
+            received.append(await loop.sock_recv(notify_socket, 4096))
+    ready = next(d for d in received if b"READY=1" in d).decode()
+    assert "STATUS=1/1 workers ready" in ready
+    daemon.proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(STOP_TIMEOUT_S):
+        assert await daemon.proc.wait() == 0
+    assert b"STOPPING=1" in datagrams(notify_socket)
+
+
+async def test_quiet_streams_get_keepalive_comments(daemon: Daemon) -> None:
+    body = {
+        "model": DEMO_MODEL_ID,
+        "messages": [{"role": "user", "content": "[[ttfb_ms=700]] [[reply=late]]"}],
+        "stream": True,
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{daemon.url}/v1/chat/completions", json=body) as response:
+            raw = await response.read()
+    assert b": keepalive\n\n" in raw
+    assert raw.endswith(b"data: [DONE]\n\n")
 
 
 async def test_daemon_logs_json_with_request_ids_and_drains_on_sigterm(daemon: Daemon) -> None:
