@@ -33,6 +33,7 @@ from bridge.api.schemas import (
     ImagePart,
     JSONObjectFormat,
     JSONSchemaFormat,
+    NamedFunction,
     NamedToolChoice,
     OtherTool,
     TextPart,
@@ -51,15 +52,16 @@ from bridge.errors import BridgeError, InvalidRequest, UpstreamFailed
 IGNORED_PARAMS_HEADER: Final = "x-codex-bridge-ignored-params"
 
 # Parameters not carried to Codex yet; refused clearly rather than ignored.
-_NOT_YET: Final = (
-    ("functions", "Legacy 'functions' are not supported; use 'tools'."),
-    ("function_call", "Legacy 'function_call' is not supported; use 'tool_choice'."),
-    ("audio", "Audio output is not supported."),
-)
+_NOT_YET: Final = (("audio", "Audio output is not supported."),)
 
 
 # json_object has no Codex equivalent: the model is told, and the reply checked.
 JSON_OBJECT_INSTRUCTION: Final = "Respond with one valid JSON object and nothing else."
+
+
+def legacy_reason(reason: str) -> str:
+    """Legacy `functions` callers expect `function_call` where tools say `tool_calls`."""
+    return "function_call" if reason == "tool_calls" else reason
 
 
 def completion_id() -> str:
@@ -137,6 +139,19 @@ def tool_specs(
     return specs, hint
 
 
+def _tools_and_choice(
+    req: ChatCompletionRequest,
+) -> tuple[Sequence[FunctionTool | OtherTool] | None, object]:
+    """`tools`/`tool_choice`, or the legacy `functions`/`function_call` mapped onto them."""
+    if req.tools is not None or req.functions is None:
+        return req.tools, req.tool_choice
+    tools = [FunctionTool(type="function", function=fn) for fn in req.functions]
+    choice: object = req.function_call
+    if isinstance(req.function_call, NamedFunction):
+        choice = NamedToolChoice(type="function", function=req.function_call)
+    return tools, choice
+
+
 def conversation_of(req: ChatCompletionRequest) -> list[Item]:
     items: list[Item] = []
     for i, message in enumerate(req.messages):
@@ -144,12 +159,13 @@ def conversation_of(req: ChatCompletionRequest) -> list[Item]:
         if isinstance(message, ToolMessage):
             items.append(HistoryToolOutput(message.tool_call_id, _text_of(message.content, param)))
         elif isinstance(message, FunctionMessage):
-            raise InvalidRequest(
-                "Messages with role 'function' are not supported; use 'tool'.",
-                param=f"messages[{i}].role",
-            )
+            # Legacy results carry no call id: they answer the last call of that name.
+            items.append(HistoryToolOutput(f"legacy_{message.name}", message.content or ""))
         elif isinstance(message, AssistantMessage):
             items.append(Said("assistant", _text_of(message.content, param)))
+            if message.function_call is not None:
+                fc = message.function_call
+                items.append(HistoryToolCall(f"legacy_{fc.name}", fc.name, fc.arguments))
             for call in message.tool_calls or []:
                 items.append(HistoryToolCall(call.id, call.function.name, call.function.arguments))
         elif isinstance(message, UserMessage) and not isinstance(message.content, str):
@@ -187,7 +203,7 @@ def to_turn_request(req: ChatCompletionRequest, entry: CatalogEntry) -> TurnRequ
     fmt = req.response_format
     if isinstance(fmt, JSONSchemaFormat):
         output_schema = fmt.json_schema.schema_ or {"type": "object"}
-    tools, hint = tool_specs(req.tools, req.tool_choice)
+    tools, hint = tool_specs(*_tools_and_choice(req))
     if isinstance(fmt, JSONObjectFormat):
         if not any("json" in str(m.content).lower() for m in req.messages):
             raise InvalidRequest(
@@ -245,6 +261,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     headers = {IGNORED_PARAMS_HEADER: ",".join(ignored)} if ignored else {}
     request[ACCESS].model = req.model
     stream = bool(req.stream)
+    legacy = req.functions is not None and req.tools is None
     pending = app[PENDING]
     outputs = trailing_tool_outputs(conversation_of(req))
     parked = pending.claim(outputs) if outputs else None
@@ -263,22 +280,26 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             sse = SSEStream(request, headers)
             await sse.open()
-            writer = _ChunkWriter(sse, req.model, include_usage, n)
+            writer = _ChunkWriter(sse, req.model, include_usage, n, legacy=legacy)
             try:
                 await writer.roles()
                 waiting = await drive(
                     sessions, limiters, writer, keepalive_s=app[SETTINGS].server.sse_keepalive_s
                 )
                 await writer.end()
-                park_waiting(pending, sessions, waiting)
+                if not legacy:
+                    park_waiting(pending, sessions, waiting)
             except BridgeError as exc:
                 await writer.error(exc)
             except ClientGone:
                 request[ACCESS].outcome = "client_disconnected"
             return await sse.close()
-        collector = _Collector(n)
+        collector = _Collector(n, legacy=legacy)
         waiting = await drive(sessions, limiters, collector)
-        park_waiting(pending, sessions, waiting)
+        # Legacy function results carry no call id to find a parked turn by:
+        # their follow-up replays the conversation, so nothing is parked.
+        if not legacy:
+            park_waiting(pending, sessions, waiting)
         if isinstance(req.response_format, JSONObjectFormat):
             collector.check_json()
         return web.Response(
@@ -306,7 +327,8 @@ def park_waiting(
 class _Collector:
     """ChoiceSink for the non-streaming answer."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, *, legacy: bool = False) -> None:
+        self._legacy = legacy
         self.texts: list[list[str]] = [[] for _ in range(n)]
         self.calls: list[list[ToolCall]] = [[] for _ in range(n)]
         self.reasons = ["stop"] * n
@@ -319,7 +341,7 @@ class _Collector:
         self.calls[index].append(call)
 
     async def finish(self, index: int, reason: str, usage: Usage) -> None:
-        self.reasons[index] = reason
+        self.reasons[index] = legacy_reason(reason) if self._legacy else reason
         self.usage = self.usage + usage
 
     async def keepalive(self) -> None:
@@ -350,7 +372,9 @@ class _Collector:
             "refusal": None,
             "annotations": [],
         }
-        if calls:
+        if calls and self._legacy:
+            message["function_call"] = {"name": calls[0].name, "arguments": calls[0].arguments}
+        elif calls:
             message["tool_calls"] = [
                 {
                     "id": call.call_id,
@@ -384,7 +408,10 @@ class _Collector:
 class _ChunkWriter:
     """ChoiceSink for streams. Pre-renders each choice's constant bytes: the delta path only splices text."""
 
-    def __init__(self, stream: SSEStream, model: str, include_usage: bool, n: int) -> None:
+    def __init__(
+        self, stream: SSEStream, model: str, include_usage: bool, n: int, *, legacy: bool = False
+    ) -> None:
+        self._legacy = legacy
         self._stream = stream
         self._base: dict[str, Any] = {
             "id": completion_id(),
@@ -427,6 +454,19 @@ class _ChunkWriter:
     async def tool_call(self, index: int, call: ToolCall) -> None:
         # id, type and name only in the first delta of a call: SDKs
         # concatenate repeated strings. Arguments follow on their own.
+        if self._legacy:
+            for fn_piece in (
+                {"name": call.name, "arguments": ""},
+                {"arguments": call.arguments},
+            ):
+                choice: dict[str, Any] = {
+                    "index": index,
+                    "delta": {"function_call": fn_piece},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+                await self._stream.data(self._chunk([choice]))
+            return
         k = self._tool_counts[index]
         self._tool_counts[index] += 1
         first = {
@@ -447,6 +487,8 @@ class _ChunkWriter:
 
     async def finish(self, index: int, reason: str, usage: Usage) -> None:
         self._usage = self._usage + usage
+        if self._legacy:
+            reason = legacy_reason(reason)
         choice = {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
         await self._stream.data(self._chunk([choice]))
 

@@ -188,3 +188,28 @@ async def test_non_function_tool_types_are_refused(client: openai.AsyncOpenAI) -
             tools=[{"type": "custom", "custom": {"name": "x"}}],  # type: ignore[list-item]
         )
     assert error.value.param == "tools[0].type"
+
+
+async def test_legacy_functions_round_trip_with_function_call(client: openai.AsyncOpenAI) -> None:
+    functions: Any = [TOOLS[0]["function"]]
+    messages: list[Any] = [{"role": "user", "content": ASK}]
+    first = await client.chat.completions.create(
+        model=DEMO_MODEL_ID, messages=messages, functions=functions
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "function_call"
+    assert choice.message.tool_calls is None
+    assert choice.message.function_call is not None
+    assert choice.message.function_call.name == "get_weather"
+    messages += [
+        {
+            "role": "assistant",
+            "content": None,
+            "function_call": choice.message.function_call.model_dump(),
+        },
+        {"role": "function", "name": "get_weather", "content": "Windy"},
+    ]
+    second = await client.chat.completions.create(
+        model=DEMO_MODEL_ID, messages=messages, functions=functions
+    )
+    assert second.choices[0].message.content == "Tool results: Windy"
