@@ -10,14 +10,14 @@ protocol.
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 import orjson
+
+from bridge.sqlite import SqliteThread
 
 # Stored responses are kept this long (OpenAI keeps them 30 days).
 DEFAULT_TTL_S: Final = 30 * 24 * 3600
@@ -69,37 +69,32 @@ CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at);
 
 
 class SqliteResponseStore:
-    """SQLite in WAL mode; every call runs in a worker thread so the event loop never blocks."""
+    """SQLite in WAL mode, on its own thread so the event loop never blocks."""
 
     def __init__(self, path: Path, ttl_s: float = DEFAULT_TTL_S) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db = SqliteThread(path, _SCHEMA)
         self._ttl_s = ttl_s
-        self._lock = asyncio.Lock()
-
-    async def _run(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
-        async with self._lock:
-            return await asyncio.to_thread(lambda: self._db.execute(sql, args).fetchall())
 
     async def put(self, record: StoredResponse) -> None:
-        await self._run(
-            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
-            (
-                record.id,
-                record.thread_id,
-                record.turn_id,
-                record.created_at,
-                orjson.dumps(record.body),
-            ),
+        row = (
+            record.id,
+            record.thread_id,
+            record.turn_id,
+            record.created_at,
+            orjson.dumps(record.body),
+        )
+        await self._db.run(
+            lambda db: db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
         )
 
     async def get(self, response_id: str) -> StoredResponse | None:
-        rows = await self._run(
-            "SELECT id, thread_id, turn_id, created_at, body FROM responses "
-            "WHERE id = ? AND created_at > ?",
-            (response_id, time.time() - self._ttl_s),
+        since = time.time() - self._ttl_s
+        rows = await self._db.run(
+            lambda db: db.execute(
+                "SELECT id, thread_id, turn_id, created_at, body FROM responses "
+                "WHERE id = ? AND created_at > ?",
+                (response_id, since),
+            ).fetchall()
         )
         if not rows:
             return None
@@ -107,5 +102,4 @@ class SqliteResponseStore:
         return StoredResponse(rid, thread_id, turn_id, created_at, orjson.loads(body))
 
     async def close(self) -> None:
-        async with self._lock:
-            self._db.close()
+        await self._db.close()

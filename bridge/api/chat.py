@@ -19,7 +19,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from bridge.api.conversation import Item, Said, build_turn_request, image_url
+from bridge.api.conversation import Item, Said, build_turn_request, image_url, tool_choice_hint
 from bridge.api.drive import drive
 from bridge.api.fanout import open_sessions
 from bridge.api.limits import OutputLimiter
@@ -36,20 +36,19 @@ from bridge.api.schemas import (
     NamedFunction,
     NamedToolChoice,
     OtherTool,
+    RefusalPart,
     TextPart,
     ToolMessage,
     UserMessage,
 )
 from bridge.api.sse import ClientGone, SSEStream
 from bridge.api.turns import TurnSession
-from bridge.api.validation import parse_json_body
+from bridge.api.validation import ignored_params_headers, parse_json_body
 from bridge.appkeys import CATALOG, SETTINGS
 from bridge.catalog import CatalogEntry
 from bridge.codex.events import ToolCall, Usage
 from bridge.codex.turn import HistoryToolCall, HistoryToolOutput, ToolSpec, TurnRequest
 from bridge.errors import BridgeError, InvalidRequest, UpstreamFailed
-
-IGNORED_PARAMS_HEADER: Final = "x-codex-bridge-ignored-params"
 
 # Parameters not carried to Codex yet; refused clearly rather than ignored.
 _NOT_YET: Final = (("audio", "Audio output is not supported."),)
@@ -87,26 +86,34 @@ def usage_object(usage: Usage) -> dict[str, Any]:
     }
 
 
-def _text_of(content: Any, param: str) -> str:
-    """Text of a message's content: a string, or text/refusal parts joined."""
+def content_of(
+    content: Any, param: str, *, images_allowed: bool = False
+) -> tuple[str, tuple[str, ...]]:
+    """Text (text/refusal parts joined) and image URLs of a message's content."""
     if content is None:
-        return ""
+        return "", ()
     if isinstance(content, str):
-        return content
+        return content, ()
     texts: list[str] = []
+    images: list[str] = []
     for j, part in enumerate(content):
-        kind = getattr(part, "type", None)
-        if kind == "text":
+        if isinstance(part, TextPart):
             texts.append(part.text)
-        elif kind == "refusal":
+        elif isinstance(part, RefusalPart):
             texts.append(part.refusal)
+        elif isinstance(part, ImagePart) and images_allowed:
+            images.append(image_url(part.image_url.url, f"{param}[{j}].image_url.url"))
         else:
             raise InvalidRequest(
-                f"Content parts of type '{kind}' are not supported by this bridge yet.",
+                f"Content parts of type '{part.type}' are not supported here.",
                 param=f"{param}[{j}]",
                 code="unsupported_content",
             )
-    return "\n".join(texts)
+    return "\n".join(texts), tuple(images)
+
+
+def _text_of(content: Any, param: str) -> str:
+    return content_of(content, param)[0]
 
 
 def tool_specs(
@@ -131,12 +138,8 @@ def tool_specs(
                 parameters=fn.parameters or {"type": "object", "properties": {}},
             )
         )
-    hint = None
-    if tool_choice == "required":
-        hint = "Call one of the available functions before answering."
-    elif isinstance(tool_choice, NamedToolChoice):
-        hint = f"Call the function `{tool_choice.function.name}` before answering."
-    return specs, hint
+    named = tool_choice.function.name if isinstance(tool_choice, NamedToolChoice) else None
+    return specs, tool_choice_hint(tool_choice, named)
 
 
 def _tools_and_choice(
@@ -168,21 +171,9 @@ def conversation_of(req: ChatCompletionRequest) -> list[Item]:
                 items.append(HistoryToolCall(f"legacy_{fc.name}", fc.name, fc.arguments))
             for call in message.tool_calls or []:
                 items.append(HistoryToolCall(call.id, call.function.name, call.function.arguments))
-        elif isinstance(message, UserMessage) and not isinstance(message.content, str):
-            texts: list[str] = []
-            images: list[str] = []
-            for j, part in enumerate(message.content):
-                if isinstance(part, ImagePart):
-                    images.append(image_url(part.image_url.url, f"{param}[{j}].image_url.url"))
-                elif isinstance(part, TextPart):
-                    texts.append(part.text)
-                else:
-                    raise InvalidRequest(
-                        f"Content parts of type '{part.type}' are not supported.",
-                        param=f"{param}[{j}]",
-                        code="unsupported_content",
-                    )
-            items.append(Said("user", "\n".join(texts), tuple(images)))
+        elif isinstance(message, UserMessage):
+            text, images = content_of(message.content, param, images_allowed=True)
+            items.append(Said("user", text, images))
         else:
             items.append(Said(message.role, _text_of(message.content, param)))
     return items
@@ -258,7 +249,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     ignored = req.ignored_params()
     if req.tool_choice not in (None, "auto", "none"):
         ignored.append("tool_choice")  # asked of the model, not enforced
-    headers = {IGNORED_PARAMS_HEADER: ",".join(ignored)} if ignored else {}
+    headers = ignored_params_headers(ignored)
     request[ACCESS].model = req.model
     stream = bool(req.stream)
     legacy = req.functions is not None and req.tools is None

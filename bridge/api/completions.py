@@ -16,14 +16,14 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from bridge.api.chat import IGNORED_PARAMS_HEADER, limiters_for
+from bridge.api.chat import limiters_for
 from bridge.api.conversation import Said, build_turn_request
 from bridge.api.drive import drive
 from bridge.api.fanout import open_sessions
 from bridge.api.middleware import ACCESS
 from bridge.api.schemas import CompletionRequest
 from bridge.api.sse import ClientGone, SSEStream
-from bridge.api.validation import parse_json_body
+from bridge.api.validation import ignored_params_headers, parse_json_body
 from bridge.appkeys import CATALOG, SETTINGS
 from bridge.codex.events import ToolCall, Usage
 from bridge.errors import BridgeError, InvalidRequest
@@ -142,7 +142,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     ]
     limiters = limiters_for(req.stop, req.max_tokens, len(prompts))
     ignored = req.ignored_params()
-    headers = {IGNORED_PARAMS_HEADER: ",".join(ignored)} if ignored else {}
+    headers = ignored_params_headers(ignored)
     request[ACCESS].model = req.model
     base: dict[str, Any] = {
         "id": "cmpl-" + secrets.token_hex(12),

@@ -49,6 +49,15 @@ def image_url(url: str, param: str) -> str:
 Item = Said | HistoryToolCall | HistoryToolOutput
 
 
+def tool_choice_hint(choice: object, named: str | None) -> str | None:
+    """Codex cannot force a tool call: a `required` or named tool_choice is asked for in words."""
+    if named:
+        return f"Call the function `{named}` before answering."
+    if choice == "required":
+        return "Call one of the available functions before answering."
+    return None
+
+
 def build_turn_request(
     conversation: Iterable[Item],
     *,

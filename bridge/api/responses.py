@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from bridge.api.chat import park_waiting, single_session, trailing_tool_outputs
-from bridge.api.conversation import Item, Said, build_turn_request, image_url
+from bridge.api.conversation import Item, Said, build_turn_request, image_url, tool_choice_hint
 from bridge.api.drive import drive
 from bridge.api.fanout import open_sessions
 from bridge.api.limits import OutputLimiter
@@ -39,14 +39,13 @@ from bridge.api.schemas import (
 )
 from bridge.api.sse import ClientGone, SSEStream
 from bridge.api.turns import TurnSession
-from bridge.api.validation import parse_json_body
+from bridge.api.validation import ignored_params_headers, parse_json_body
 from bridge.appkeys import CATALOG, SETTINGS, STORE
 from bridge.codex.events import ToolCall, Usage
 from bridge.codex.turn import HistoryToolCall, HistoryToolOutput, ToolSpec
 from bridge.errors import BridgeError, InvalidRequest, NotFound
 from bridge.store import StoredResponse
 
-IGNORED_PARAMS_HEADER: Final = "x-codex-bridge-ignored-params"
 # Items Codex CLI and others send back that carry nothing the model needs here.
 _SKIPPED_ITEMS: Final = frozenset({"reasoning", "item_reference"})
 
@@ -115,12 +114,9 @@ def tools_of(req: ResponseCreateRequest) -> tuple[list[ToolSpec], str | None, li
             )
         else:
             ignored.append(f"tools:{tool.type}")
-    hint = None
-    if req.tool_choice == "required":
-        hint = "Call one of the available functions before answering."
-    elif isinstance(req.tool_choice, dict) and req.tool_choice.get("name"):
-        hint = f"Call the function `{req.tool_choice['name']}` before answering."
-    return specs, hint, ignored
+    choice = req.tool_choice
+    named = str(choice["name"]) if isinstance(choice, dict) and choice.get("name") else None
+    return specs, tool_choice_hint(choice, named), ignored
 
 
 def _check_supported(req: ResponseCreateRequest) -> None:
@@ -193,7 +189,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     ignored = [*req.ignored_params(), *ignored_tools]
     if req.tool_choice not in (None, "auto", "none"):
         ignored.append("tool_choice")  # asked of the model, not enforced
-    headers = {IGNORED_PARAMS_HEADER: ",".join(ignored)} if ignored else {}
+    headers = ignored_params_headers(ignored)
     request[ACCESS].model = req.model
     limiters = [OutputLimiter((), req.max_output_tokens)]
     stream = bool(req.stream)

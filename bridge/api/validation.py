@@ -45,6 +45,14 @@ _EXPECTED: Final = {
 }
 
 
+IGNORED_PARAMS_HEADER: Final = "x-codex-bridge-ignored-params"
+
+
+def ignored_params_headers(names: list[str]) -> dict[str, str]:
+    """The response header naming what was accepted but not acted on (never silently claimed)."""
+    return {IGNORED_PARAMS_HEADER: ",".join(names)} if names else {}
+
+
 def parse_json_body(raw: bytes, model: type[T]) -> T:
     try:
         data = orjson.loads(raw)

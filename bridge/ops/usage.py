@@ -10,8 +10,6 @@ caller sees its own key's usage only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from bridge.errors import InvalidRequest
+from bridge.sqlite import SqliteThread
 
 DAY_S: Final = 86_400
 # Rows are written in batches of at most this many, as soon as any are queued.
@@ -59,12 +58,8 @@ class UsageRow:
 
 class UsageLedger:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
-        self._queue: asyncio.Queue[UsageRow] = asyncio.Queue()
-        self._lock = asyncio.Lock()
+        self._db = SqliteThread(path, _SCHEMA)
+        self._queue: asyncio.Queue[UsageRow | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -74,26 +69,36 @@ class UsageLedger:
         self._queue.put_nowait(row)
 
     async def flush(self) -> None:
-        """Writes whatever is queued (tests, shutdown)."""
+        """Writes whatever is queued now (before a query)."""
         rows = []
         while not self._queue.empty():
-            rows.append(self._queue.get_nowait())
+            row = self._queue.get_nowait()
+            if row is None:  # close() is under way; leave the sentinel to the writer
+                self._queue.put_nowait(None)
+                break
+            rows.append(row)
         await self._insert(rows)
 
     async def close(self) -> None:
+        """Lets the writer drain the queue and stop (a sentinel, not a cancel: no row lost)."""
         if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            self._queue.put_nowait(None)
+            await self._writer
         await self.flush()
-        self._db.close()
+        await self._db.close()
 
     async def _write_loop(self) -> None:
         while True:
-            rows = [await self._queue.get()]
-            while len(rows) < BATCH_MAX and not self._queue.empty():
-                rows.append(self._queue.get_nowait())
+            rows: list[UsageRow] = []
+            item = await self._queue.get()
+            while item is not None:
+                rows.append(item)
+                if len(rows) >= BATCH_MAX or self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
             await self._insert(rows)
+            if item is None:
+                return
 
     async def _insert(self, rows: list[UsageRow]) -> None:
         if not rows:
@@ -112,10 +117,9 @@ class UsageLedger:
             )
             for r in rows
         ]
-        async with self._lock:
-            await asyncio.to_thread(
-                self._db.executemany, "INSERT INTO usage VALUES (?,?,?,?,?,?,?,?,?)", values
-            )
+        await self._db.run(
+            lambda db: db.executemany("INSERT INTO usage VALUES (?,?,?,?,?,?,?,?,?)", values)
+        )
 
     async def buckets(self, start: int, end: int, key_name: str | None) -> list[dict[str, Any]]:
         where = "ts >= ? AND ts < ?"
@@ -128,10 +132,7 @@ class UsageLedger:
             "SUM(input_tokens), SUM(cached_tokens), SUM(output_tokens), SUM(reasoning_tokens) "
             f"FROM usage WHERE {where} GROUP BY day, key_name, model ORDER BY day, key_name, model"
         )
-        async with self._lock:
-            rows = await asyncio.to_thread(
-                lambda: self._db.execute(sql, [start, DAY_S, *args]).fetchall()
-            )
+        rows = await self._db.run(lambda db: db.execute(sql, [start, DAY_S, *args]).fetchall())
         days = (end - start + DAY_S - 1) // DAY_S
         buckets = [
             {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -13,14 +12,6 @@ from bridge.tokens import count_tokens
 from tests.harness import RunningBridge
 
 TEN_WORDS = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10"
-
-
-@pytest.fixture
-async def client(bridge: RunningBridge) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=f"{bridge.base_url}/v1", api_key="unused", max_retries=0
-    ) as sdk:
-        yield sdk
 
 
 async def test_stop_sequence_cuts_the_reply_before_the_match(client: openai.AsyncOpenAI) -> None:

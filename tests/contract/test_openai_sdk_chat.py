@@ -7,8 +7,6 @@ proves little: raw JSON and every SSE chunk also go through
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import openai
 import orjson
 import pytest
@@ -16,15 +14,6 @@ from openai.types import Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from bridge.demo import DEMO_MODEL_ID
-from tests.harness import RunningBridge
-
-
-@pytest.fixture
-async def client(bridge: RunningBridge) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=f"{bridge.base_url}/v1", api_key="unused", max_retries=0
-    ) as sdk:
-        yield sdk
 
 
 async def test_sdk_chat_completion_parses_and_validates(client: openai.AsyncOpenAI) -> None:

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import openai
 import orjson
 import pytest
 from openai.types import Completion
 
 from bridge.demo import DEMO_MODEL_ID
-from tests.harness import RunningBridge
-
-
-@pytest.fixture
-async def client(bridge: RunningBridge) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=f"{bridge.base_url}/v1", api_key="unused", max_retries=0
-    ) as sdk:
-        yield sdk
 
 
 async def test_completion_with_one_prompt_and_echo(client: openai.AsyncOpenAI) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +16,6 @@ from bridge.demo import DEMO_MODEL_ID
 from tests.harness import RunningBridge, bridge_test_settings, running_bridge
 
 EVENT = TypeAdapter(ResponseStreamEvent)
-
-
-@pytest.fixture
-async def client(bridge: RunningBridge) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=f"{bridge.base_url}/v1", api_key="unused", max_retries=0
-    ) as sdk:
-        yield sdk
-    # Turns left waiting for tool results hold worker slots: free them.
-    await bridge.app[PENDING].close()
 
 
 async def test_non_streaming_response_validates_and_has_output_text(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -30,18 +29,6 @@ TOOLS: list[Any] = [
     },
 ]
 ASK = 'weather? [[tool=get_weather]] [[args={"city":"Paris"}]]'
-
-
-@pytest.fixture
-async def client(bridge: RunningBridge) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=f"{bridge.base_url}/v1", api_key="unused", max_retries=0
-    ) as sdk:
-        yield sdk
-    # Turns left waiting for tool results hold worker slots: free them for
-    # the tests that share this bridge.
-    await bridge.app[PENDING].close()
-    assert bridge.pool.active_turns == 0
 
 
 def follow_up(messages: list[Any], message: Any, results: dict[str, str]) -> list[Any]:
