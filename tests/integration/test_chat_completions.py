@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import aiohttp
@@ -260,3 +261,26 @@ async def test_worker_stays_usable_after_failures(bridge: RunningBridge) -> None
     status, _, body = await post_chat(bridge, chat("x [[reply=still here]]"))
     assert status == 200
     assert body["choices"][0]["message"]["content"] == "still here"
+
+
+async def test_oversized_body_is_a_413_envelope(bridge: RunningBridge) -> None:
+    limit = bridge.settings.server.max_body_bytes
+    big = io.BytesIO(orjson.dumps(chat("x" * (limit + 1))))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{bridge.base_url}/v1/chat/completions",
+            data=big,
+            headers={"Content-Type": "application/json"},
+        ) as r:
+            assert r.status == 413
+            error = (await r.json())["error"]
+    assert error["type"] == "invalid_request_error"
+    assert str(limit) in error["message"]
+
+
+async def test_wrong_method_is_a_405_envelope_with_allow(bridge: RunningBridge) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{bridge.base_url}/v1/chat/completions") as r:
+            assert r.status == 405
+            assert "POST" in r.headers["Allow"]
+            assert set((await r.json())["error"]) == {"message", "type", "param", "code"}
