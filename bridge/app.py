@@ -36,6 +36,7 @@ from bridge.ops.metrics import Metrics
 from bridge.store import SqliteResponseStore
 from bridge.worker.launch import prepare_codex_home, prepare_workdir, worker_argv, worker_env
 from bridge.worker.pool import WorkerPool
+from bridge.worker.rpc import MessageHook
 from bridge.worker.supervisor import WorkerConfig
 
 log = structlog.get_logger("bridge.app")
@@ -47,7 +48,12 @@ DEMO: Final = web.AppKey("demo", DemoModel)
 CATALOG_DISCOVERY_TIMEOUT_S: Final = 120.0
 
 
-def make_app(settings: Settings, *, environ: Mapping[str, str] | None = None) -> web.Application:
+def make_app(
+    settings: Settings,
+    *,
+    environ: Mapping[str, str] | None = None,
+    rpc_message_hook: MessageHook | None = None,
+) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         middlewares=[request_context_middleware, error_middleware, auth_middleware],
@@ -71,7 +77,7 @@ def make_app(settings: Settings, *, environ: Mapping[str, str] | None = None) ->
     app.cleanup_ctx.append(_usage_ctx)
     if settings.demo.enabled:
         app.cleanup_ctx.append(_demo_ctx)
-    app.cleanup_ctx.append(lambda a: _pool_ctx(a, env))
+    app.cleanup_ctx.append(lambda a: _pool_ctx(a, env, rpc_message_hook))
 
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
@@ -136,7 +142,10 @@ async def _demo_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def worker_configs(
-    settings: Settings, env: Mapping[str, str], demo: DemoModel | None
+    settings: Settings,
+    env: Mapping[str, str],
+    demo: DemoModel | None,
+    message_hook: MessageHook | None = None,
 ) -> list[WorkerConfig]:
     codex = settings.codex
     codex_home = prepare_codex_home(resolve_codex_home(settings))
@@ -164,16 +173,19 @@ def worker_configs(
             health_interval_s=codex.health_interval_s,
             stop_grace_s=codex.stop_grace_s,
             version=version("codex-bridge"),
+            message_hook=message_hook,
         )
         for i in range(codex.workers)
     ]
 
 
-async def _pool_ctx(app: web.Application, env: Mapping[str, str]) -> AsyncIterator[None]:
+async def _pool_ctx(
+    app: web.Application, env: Mapping[str, str], message_hook: MessageHook | None
+) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     demo = app.get(DEMO)
     pool = WorkerPool(
-        worker_configs(settings, env, demo),
+        worker_configs(settings, env, demo, message_hook),
         max_turns_per_worker=settings.codex.max_turns_per_worker,
         queue_limit=settings.codex.queue_limit,
         queue_timeout_s=settings.codex.queue_timeout_s,

@@ -21,6 +21,7 @@ from bridge.appkeys import POOL
 from bridge.config import Settings, load_settings
 from bridge.demo import DemoModel
 from bridge.worker.pool import WorkerPool
+from tests.rpc_schema import RpcSchemaValidator
 
 # A cold Codex start is ~0.3 s on a quiet machine; CI machines are slower
 # and busy, so readiness gets a generous bound.
@@ -62,7 +63,9 @@ def bridge_test_settings(codex_home: Path, **overrides: Any) -> Settings:
 async def running_bridge(
     settings: Settings, *, environ: Mapping[str, str] | None = None
 ) -> AsyncIterator[RunningBridge]:
-    app = make_app(settings, environ=environ)
+    """The bridge, with every JSON-RPC message checked against the pinned schema bundle."""
+    validator = RpcSchemaValidator()
+    app = make_app(settings, environ=environ, rpc_message_hook=validator)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -75,6 +78,8 @@ async def running_bridge(
         yield bridge
     finally:
         await runner.cleanup()
+    assert validator.checked > 0
+    assert not validator.errors, "protocol drift:\n" + "\n".join(sorted(set(validator.errors)))
 
 
 async def wait_until(predicate: Any, *, timeout: float, interval: float = 0.05) -> None:

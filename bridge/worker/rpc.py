@@ -151,9 +151,16 @@ class RpcConnection:
         self._shutdown()
 
     # -- internals ---------------------------------------------------------------------
+    def _observe(self, direction: Literal["c2s", "s2c"], message: dict[str, Any]) -> None:
+        assert self.on_message is not None
+        try:
+            self.on_message(direction, message)
+        except Exception:
+            self._log.exception("rpc message hook failed", worker=self._name)
+
     async def _send(self, message: dict[str, Any]) -> None:
         if self.on_message is not None:
-            self.on_message("c2s", message)
+            self._observe("c2s", message)
         line = orjson.dumps(message) + b"\n"
         async with self._write_lock:
             if self.closed or self._writer.is_closing():
@@ -210,7 +217,7 @@ class RpcConnection:
             self._log.warning("rpc non-object message skipped", worker=self._name)
             return
         if self.on_message is not None:
-            self.on_message("s2c", message)
+            self._observe("s2c", message)
         method = message.get("method")
         if method is None:
             self._resolve(message)

@@ -29,7 +29,7 @@ from bridge.codex.turn import TurnRequest
 from bridge.codex.v2 import OPT_OUT_NOTIFICATIONS, ThreadRouter, ThreadSettings, V2Turn, start_turn
 from bridge.errors import ServiceUnavailable
 from bridge.worker.process import ChildProcess, ProcessSpec
-from bridge.worker.rpc import ConnectionClosed, RpcConnection, RpcError, RpcTimeout
+from bridge.worker.rpc import ConnectionClosed, MessageHook, RpcConnection, RpcError, RpcTimeout
 
 log = structlog.get_logger("bridge.worker")
 
@@ -63,6 +63,8 @@ class WorkerConfig:
     health_interval_s: float
     stop_grace_s: float
     version: str = "0"
+    message_hook: MessageHook | None = None
+    """Sees every JSON-RPC message (tests validate them against the schema bundle)."""
 
 
 StateListener = Callable[["Worker", WorkerState], None]
@@ -207,6 +209,7 @@ class Worker:
         )
         if self._observer is not None:
             conn.on_error = self._observer.rpc_failed
+        conn.on_message = self.config.message_hook
         conn.start()
         self._conn = conn
         reason = "exited"
