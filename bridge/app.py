@@ -14,6 +14,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from importlib.metadata import version
+from pathlib import Path
 from typing import Final
 
 import structlog
@@ -155,6 +156,7 @@ def worker_configs(
         # Operator overrides still come last and win.
         overrides = [*demo.codex_config_overrides(), *overrides]
         extra_env[DemoModel.API_KEY_ENV] = DemoModel.API_KEY_VALUE
+        write_demo_config(codex_home, demo)
     argv = worker_argv(
         resolve_codex_bin(settings), profile=codex.profile, operator_overrides=overrides
     )
@@ -174,9 +176,23 @@ def worker_configs(
             stop_grace_s=codex.stop_grace_s,
             version=version("codex-bridge"),
             message_hook=message_hook,
+            dialect=codex.dialect,
         )
         for i in range(codex.workers)
     ]
+
+
+DEMO_CONFIG_MARKER: Final = "# Written by codex-bridge --demo; replaced on every demo start."
+
+
+def write_demo_config(codex_home: Path, demo: DemoModel) -> None:
+    """The demo provider in `$CODEX_HOME/config.toml` too: Codex 0.77 ignores `-c` provider
+    overrides for app-server threads (protocol NOTES). An operator's own file is left alone."""
+    path = codex_home / "config.toml"
+    if path.exists() and not path.read_text().startswith(DEMO_CONFIG_MARKER):
+        log.warning("not writing the demo provider: config.toml is not ours", path=str(path))
+        return
+    path.write_text("\n".join([DEMO_CONFIG_MARKER, *demo.codex_config_overrides(), ""]))
 
 
 async def _pool_ctx(

@@ -195,7 +195,7 @@ FIELDS: Final = (
         "codex",
         "dialect",
         "BRIDGE_CODEX_DIALECT",
-        "App-server protocol: `auto`, `v2` or `v1` (only v2 is implemented).",
+        "App-server protocol: `v2`, `v1` (legacy Codex), or `auto` (v2 when the worker accepts `thread/start`, else v1).",
     ),
     FieldDoc(
         "codex",

@@ -23,7 +23,7 @@ async def readyz(request: web.Request) -> web.Response:
         "status": "ready" if ready and not pool.closing else "unavailable",
         "workers_ready": ready,
         "workers": len(pool.workers),
-        "dialect": "v2",
+        "dialect": sorted({w.dialect for w in pool.workers if w.ready}),
         "active_turns": pool.active_turns,
         "queued": pool.waiting,
     }

@@ -17,7 +17,7 @@ import contextlib
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 import structlog
@@ -78,8 +78,27 @@ class ThreadSettings:
     rpc_timeout_s: float
 
 
+class RoutedTurn(Protocol):
+    """What the router and the server-request policy need of a running turn (v1 or v2)."""
+
+    request_id: Any
+
+    def feed(self, method: str, params: dict[str, Any]) -> None: ...
+    async def answer_tool_call(self, params: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def _conversation_of(params: dict[str, Any]) -> Any:
+    """v2 names the thread `threadId`; v1 names it `conversationId`, at the top or in `msg`."""
+    key = params.get("threadId") or params.get("conversationId")
+    if key is None:
+        msg = params.get("msg")
+        if isinstance(msg, dict):
+            key = msg.get("conversation_id") or msg.get("thread_id")
+    return key
+
+
 class ThreadRouter:
-    """Routes notifications by `threadId` to the turn that owns the thread.
+    """Routes notifications by thread (v2) or conversation (v1) to the turn that owns it.
 
     Called on the RPC reader task: every branch is O(1) and never blocks.
     """
@@ -87,25 +106,25 @@ class ThreadRouter:
     __slots__ = ("_turns",)
 
     def __init__(self) -> None:
-        self._turns: dict[str, V2Turn] = {}
+        self._turns: dict[str, RoutedTurn] = {}
 
-    def add(self, thread_id: str, turn: V2Turn) -> None:
+    def add(self, thread_id: str, turn: RoutedTurn) -> None:
         self._turns[thread_id] = turn
 
     def remove(self, thread_id: str) -> None:
         self._turns.pop(thread_id, None)
 
-    def get(self, thread_id: str) -> V2Turn | None:
+    def get(self, thread_id: str) -> RoutedTurn | None:
         return self._turns.get(thread_id)
 
     def __len__(self) -> int:
         return len(self._turns)
 
     def dispatch(self, method: str, params: dict[str, Any]) -> None:
-        thread_id = params.get("threadId")
-        if thread_id is None:
+        key = _conversation_of(params)
+        if key is None:
             return
-        turn = self._turns.get(thread_id)
+        turn = self._turns.get(key)
         if turn is not None:
             turn.feed(method, params)
 

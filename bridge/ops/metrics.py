@@ -59,6 +59,15 @@ class _PoolCollector(Collector):
         queued = GaugeMetricFamily("codex_bridge_queue_depth", "Requests waiting for a turn slot.")
         queued.add_metric([], pool.waiting)
         yield queued
+        dialects = GaugeMetricFamily(
+            "codex_bridge_worker_dialect",
+            "1 for the app-server protocol each ready worker speaks.",
+            labels=["worker", "dialect"],
+        )
+        for worker in pool.workers:
+            if worker.ready:
+                dialects.add_metric([str(worker.id), worker.dialect], 1)
+        yield dialects
         per_worker = GaugeMetricFamily(
             "codex_bridge_worker_active_turns", "Turns running per worker.", labels=["worker"]
         )

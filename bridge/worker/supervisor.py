@@ -24,9 +24,10 @@ from typing import Any, Final, Protocol
 
 import structlog
 
+from bridge.codex import v1
 from bridge.codex.server_requests import ServerRequestPolicy
-from bridge.codex.turn import TurnRequest
-from bridge.codex.v2 import OPT_OUT_NOTIFICATIONS, ThreadRouter, ThreadSettings, V2Turn, start_turn
+from bridge.codex.turn import Turn, TurnRequest
+from bridge.codex.v2 import OPT_OUT_NOTIFICATIONS, ThreadRouter, ThreadSettings, start_turn
 from bridge.errors import ServiceUnavailable
 from bridge.worker.process import ChildProcess, ProcessSpec
 from bridge.worker.rpc import ConnectionClosed, MessageHook, RpcConnection, RpcError, RpcTimeout
@@ -34,6 +35,7 @@ from bridge.worker.rpc import ConnectionClosed, MessageHook, RpcConnection, RpcE
 log = structlog.get_logger("bridge.worker")
 
 CLIENT_NAME: Final = "codex-bridge"
+METHOD_NOT_FOUND: Final = -32601
 # Backoff jitter: each delay is scaled by a random factor in [1 - J, 1 + J] so
 # several workers (or instances) that died together do not restart in lockstep.
 BACKOFF_JITTER: Final = 0.2
@@ -63,6 +65,8 @@ class WorkerConfig:
     health_interval_s: float
     stop_grace_s: float
     version: str = "0"
+    dialect: str = "auto"
+    """"v2", "v1", or "auto": v2 when the worker accepts thread/start, else v1."""
     message_hook: MessageHook | None = None
     """Sees every JSON-RPC message (tests validate them against the schema bundle)."""
 
@@ -96,6 +100,7 @@ class Worker:
         self.restarts = 0
         self.pid: int | None = None
         self.user_agent: str | None = None
+        self.dialect = config.dialect if config.dialect != "auto" else "v2"
         self._on_state = on_state
         self._observer = observer
         self._router = ThreadRouter()
@@ -147,11 +152,45 @@ class Worker:
             self._proc.kill()
 
     # -- turns -------------------------------------------------------------------------
-    async def start_turn(self, request: TurnRequest) -> V2Turn:
+    async def start_turn(self, request: TurnRequest) -> Turn:
         conn = self._conn
         if conn is None or not self.ready or conn.closed:
             raise ServiceUnavailable("No Codex worker is ready.", retry_after=1)
+        if self.dialect == "v1":
+            return await v1.start_turn(conn, self._router, request, self._thread_settings)
         return await start_turn(conn, self._router, request, self._thread_settings)
+
+    async def _detect_dialect(self, conn: RpcConnection) -> str:
+        """v2 when the worker has what the v2 dialect uses (thread/start, thread/inject_items).
+
+        Codex 0.77 answers thread/start but not thread/inject_items, so it
+        gets v1, which it speaks fully.
+        """
+        if self.config.dialect != "auto":
+            return self.config.dialect
+        timeout = self.config.rpc_timeout_s
+        probe = {
+            "cwd": str(self.config.workdir),
+            "ephemeral": True,
+            "approvalPolicy": "never",
+            "sandbox": "read-only",
+        }
+        try:
+            started = await conn.request("thread/start", probe, timeout=timeout)
+            thread_id = started["thread"]["id"]
+        except (RpcError, KeyError, TypeError):
+            return "v1"
+        try:
+            await conn.request(
+                "thread/inject_items", {"threadId": thread_id, "items": []}, timeout=timeout
+            )
+        except RpcError as exc:
+            # Only an unknown method means "no v2 here"; other refusals are about the probe.
+            if exc.code == METHOD_NOT_FOUND or "unknown variant" in exc.message:
+                return "v1"
+        with contextlib.suppress(RpcError, RpcTimeout, ConnectionClosed):
+            await conn.request("thread/unsubscribe", {"threadId": thread_id}, timeout=timeout)
+        return "v2"
 
     async def request(self, method: str, params: Mapping[str, Any] | None) -> Any:
         """A plain RPC on the ready worker (model/list and the like)."""
@@ -219,6 +258,11 @@ class Worker:
             if not await self._handshake(conn):
                 reason = "handshake_failed"
                 return reason
+            try:
+                self.dialect = await self._detect_dialect(conn)
+            except (RpcTimeout, ConnectionClosed) as exc:
+                self._log.error("worker dialect detection failed", error=repr(exc))
+                return "handshake_failed"
             handshake_s = time.perf_counter() - t0
             if self._observer is not None:
                 self._observer.handshake(handshake_s)
@@ -227,6 +271,7 @@ class Worker:
                 pid=proc.pid,
                 handshake_ms=round(handshake_s * 1000, 1),
                 user_agent=self.user_agent,
+                dialect=self.dialect,
             )
             self._ready.set()
             self._set_state(WorkerState.READY)

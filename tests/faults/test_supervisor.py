@@ -49,6 +49,7 @@ def config(
         env={},
         workdir=tmp_path,
         profile="plain",
+        dialect="v2",  # the fake speaks no thread/start for auto-detection
         **values,  # type: ignore[arg-type]
     )
 
