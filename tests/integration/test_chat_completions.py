@@ -284,3 +284,30 @@ async def test_wrong_method_is_a_405_envelope_with_allow(bridge: RunningBridge) 
             assert r.status == 405
             assert "POST" in r.headers["Allow"]
             assert set((await r.json())["error"]) == {"message", "type", "param", "code"}
+
+
+async def test_agent_profile_declines_the_models_commands_so_host_files_stay_unread(
+    tmp_path: Any,
+) -> None:
+    from tests.harness import bridge_test_settings, running_bridge
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("AGENT-SECRET-4b1d")
+    settings = bridge_test_settings(tmp_path / "home", **{"codex.profile": "agent"})
+    async with running_bridge(settings) as agent:
+        offered = {t.get("name") for t in (await _tools_offered(agent))}
+        assert "exec_command" in offered  # Codex's own tools: this is the agent profile
+        for command in (f"cat {secret}", f"bash -lc 'cat {secret}'"):
+            status, _, body = await post_chat(agent, chat(f"[[shell={command}]]"))
+            assert status == 200, body
+            assert "AGENT-SECRET-4b1d" not in orjson.dumps(body).decode()
+            assert "rejected" in body["choices"][0]["message"]["content"]
+        for request in agent.demo.requests:
+            assert "AGENT-SECRET-4b1d" not in orjson.dumps(request).decode()
+
+
+async def _tools_offered(bridge: RunningBridge) -> list[dict[str, Any]]:
+    status, _, _ = await post_chat(bridge, chat("[[reply=ok]]"))
+    assert status == 200
+    tools: list[dict[str, Any]] = bridge.demo.requests[-1].get("tools", [])
+    return tools
