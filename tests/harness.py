@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from aiohttp import web
 
@@ -21,6 +21,7 @@ from bridge.appkeys import POOL
 from bridge.config import Settings, load_settings
 from bridge.demo import DemoModel
 from bridge.worker.pool import WorkerPool
+from bridge.worker.rpc import MessageHook
 from tests.rpc_schema import RpcSchemaValidator
 
 # A cold Codex start is ~0.3 s on a quiet machine; CI machines are slower
@@ -61,11 +62,20 @@ def bridge_test_settings(codex_home: Path, **overrides: Any) -> Settings:
 
 @asynccontextmanager
 async def running_bridge(
-    settings: Settings, *, environ: Mapping[str, str] | None = None
+    settings: Settings,
+    *,
+    environ: Mapping[str, str] | None = None,
+    also_hook: MessageHook | None = None,
 ) -> AsyncIterator[RunningBridge]:
     """The bridge, with every JSON-RPC message checked against the pinned schema bundle."""
     validator = RpcSchemaValidator()
-    app = make_app(settings, environ=environ, rpc_message_hook=validator)
+
+    def hook(direction: Literal["c2s", "s2c"], message: dict[str, Any]) -> None:
+        validator(direction, message)
+        if also_hook is not None:
+            also_hook(direction, message)
+
+    app = make_app(settings, environ=environ, rpc_message_hook=hook)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
