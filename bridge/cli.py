@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from bridge.config import ConfigError, config_table_markdown, load_settings
+from bridge.config import ConfigError, config_table_markdown, load_settings, resolve_codex_bin
 
 EXIT_USAGE = 2
 
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(
             config_path=args.config, env=os.environ, overrides=_overrides(args)
         )
+        resolve_codex_bin(settings)  # a missing binary is a config error, not a restart loop
     except ConfigError as exc:
         print(f"codex-bridge: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -456,17 +457,27 @@ def _describe(exc: ValidationError) -> str:
 
 
 def resolve_codex_bin(settings: Settings) -> str:
-    if settings.codex.bin:
-        return settings.codex.bin
-    from codex_cli_bin import bundled_codex_path  # type: ignore[import-untyped]
+    """An absolute path: workers run in their own empty directory, so a relative one would miss."""
+    configured = settings.codex.bin
+    if not configured:
+        from codex_cli_bin import bundled_codex_path  # type: ignore[import-untyped]
 
-    return str(bundled_codex_path())
+        return str(bundled_codex_path())
+    if "/" not in configured:
+        found = shutil.which(configured)
+        if found is None:
+            raise ConfigError(f"codex.bin (BRIDGE_CODEX_BIN): {configured!r} is not on PATH")
+        return found
+    path = Path(configured).expanduser().resolve()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise ConfigError(f"codex.bin (BRIDGE_CODEX_BIN): {path} is not an executable file")
+    return str(path)
 
 
 def resolve_codex_home(settings: Settings, env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     if settings.codex.home:
-        return Path(settings.codex.home).expanduser()
+        return Path(settings.codex.home).expanduser().resolve()
     state = env.get("STATE_DIRECTORY")
     if state:
         # systemd may list several directories, colon-separated: the first is ours.
@@ -477,7 +488,7 @@ def resolve_codex_home(settings: Settings, env: Mapping[str, str] | None = None)
 
 def resolve_store_path(settings: Settings, env: Mapping[str, str] | None = None) -> Path:
     if settings.store.path:
-        return Path(settings.store.path).expanduser()
+        return Path(settings.store.path).expanduser().resolve()
     return resolve_codex_home(settings, env).parent / "bridge.sqlite3"
 
 

@@ -166,3 +166,42 @@ async def test_a_bad_request_id_is_replaced_by_a_minted_one(daemon: Daemon) -> N
         ) as r:
             assert r.status == 200
             assert r.headers["x-request-id"].startswith("req_")
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def test_serve_with_a_legacy_codex_bin_detects_v1_and_streams(tmp_path: Path) -> None:
+    root = REPO
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "serve", "--demo", "--port", "0",
+        "--codex-home", str(tmp_path / "home"),
+        "--codex-bin", ".codex-legacy/node_modules/.bin/codex",  # relative to the cwd
+        stdout=asyncio.subprocess.PIPE,
+        cwd=root,
+        env=env,
+    )  # fmt: skip
+    daemon = Daemon(proc)
+    try:
+        listening = await daemon.read_until(
+            lambda line: line.get("msg") == "codex-bridge listening", START_TIMEOUT_S
+        )
+        ready = await daemon.read_until(
+            lambda line: line.get("msg") == "worker ready", START_TIMEOUT_S
+        )
+        assert ready["dialect"] == "v1"
+        body = {
+            "model": DEMO_MODEL_ID,
+            "messages": [{"role": "user", "content": "[[words=3]]"}],
+            "stream": True,
+        }
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{listening['url']}/v1/chat/completions", json=body) as r:
+                raw = await r.read()
+        assert b'"content":"w1 "' in raw
+        assert raw.endswith(b"data: [DONE]\n\n")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(STOP_TIMEOUT_S):
+            await proc.wait()

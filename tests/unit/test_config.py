@@ -168,3 +168,22 @@ def test_model_alias_can_imply_a_reasoning_effort() -> None:
     assert (plain.codex_model, plain.effort) == (None, None)
     with pytest.raises(ConfigError, match="EFFORT"):
         load_settings(config_path=None, env={"BRIDGE_MODELS": "x=y@extreme"}, overrides={})
+
+
+def test_relative_codex_bin_is_made_absolute_and_a_missing_one_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge.config import resolve_codex_bin
+
+    binary = tmp_path / "bin" / "codex"
+    binary.parent.mkdir()
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(config_path=None, env={}, overrides={"codex.bin": "bin/codex"})
+    assert resolve_codex_bin(settings) == str(binary)
+    missing = load_settings(config_path=None, env={}, overrides={"codex.bin": "bin/nope"})
+    with pytest.raises(ConfigError, match="not an executable"):
+        resolve_codex_bin(missing)
+    assert main(["serve", "--codex-bin", "bin/nope"]) == 2
+    assert "codex.bin" in capsys.readouterr().err
