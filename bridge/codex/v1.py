@@ -16,14 +16,13 @@ events as v2; knows no OpenAI shapes.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections import deque
 from typing import Any, Final
 
 import structlog
 
-from bridge.codex.events import Failed, Finished, TextDelta, TurnEvent, Usage
+from bridge.codex.events import Failed, Finished, TextDelta, Usage
+from bridge.codex.queued import START_ERRORS, QueuedTurn, start_error
 from bridge.codex.turn import TurnRequest
 from bridge.codex.v2 import (
     CONNECTION_LOST,
@@ -31,7 +30,7 @@ from bridge.codex.v2 import (
     ThreadRouter,
     ThreadSettings,
 )
-from bridge.errors import BridgeError, InvalidRequest, UpstreamFailed, WorkerCrashed
+from bridge.errors import InvalidRequest, UpstreamFailed, WorkerCrashed
 from bridge.worker.rpc import ConnectionClosed, RpcConnection, RpcError, RpcTimeout
 
 log = structlog.get_logger("bridge.codex.v1")
@@ -91,8 +90,8 @@ async def start_turn(
             "newConversation", conversation_params(request, settings), timeout=timeout
         )
         conversation_id = str(created["conversationId"])
-    except (ConnectionClosed, RpcTimeout, RpcError, KeyError, TypeError) as exc:
-        raise _as_bridge_error(exc, "newConversation") from exc
+    except START_ERRORS as exc:
+        raise start_error(exc, "newConversation") from exc
     turn = V1Turn(conn, router, conversation_id, settings)
     router.add(conversation_id, turn)
     try:
@@ -116,23 +115,14 @@ async def start_turn(
         await conn.request("sendUserTurn", params, timeout=timeout)
     except BaseException as exc:
         await turn.aclose()
-        if isinstance(exc, (ConnectionClosed, RpcTimeout, RpcError, KeyError, TypeError)):
-            raise _as_bridge_error(exc, "sendUserTurn") from exc
+        if isinstance(exc, START_ERRORS):
+            raise start_error(exc, "sendUserTurn") from exc
         raise
     return turn
 
 
-def _as_bridge_error(exc: BaseException, step: str) -> BridgeError:
-    if isinstance(exc, ConnectionClosed):
-        return WorkerCrashed("The Codex worker exited while starting the turn.")
-    if isinstance(exc, RpcTimeout):
-        return WorkerCrashed(f"The Codex worker did not answer {step} in time.")
-    if isinstance(exc, RpcError):
-        return BridgeError(f"Codex rejected {step}: {exc.message}")
-    return BridgeError(f"Codex answered {step} with an unexpected payload.")
-
-
 def _usage_of(info: Any) -> Usage | None:
+    """Each request has a fresh conversation, so its running total is this turn's usage."""
     total = info.get("total_token_usage") if isinstance(info, dict) else None
     if not isinstance(total, dict):
         return None
@@ -144,7 +134,7 @@ def _usage_of(info: Any) -> Usage | None:
     )
 
 
-class V1Turn:
+class V1Turn(QueuedTurn):
     """One task on its own conversation. Implements `bridge.codex.turn.Turn`."""
 
     def __init__(
@@ -154,29 +144,14 @@ class V1Turn:
         conversation_id: str,
         settings: ThreadSettings,
     ) -> None:
-        self._conn = conn
+        super().__init__(conn, conversation_id, settings.rpc_timeout_s)
         self._router = router
-        self.thread_id = conversation_id
-        self.turn_id: str | None = None
         self.subscription_id: Any = None
-        self.request_id = structlog.contextvars.get_contextvars().get("request_id")
-        self._settings = settings
-        self._inbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-        self._ready: deque[TurnEvent] = deque()
-        # A fresh conversation per request: its running total is this turn's usage.
-        self._usage = Usage()
-        self._done = False
-        self._closed = False
 
     def feed(self, method: str, params: dict[str, Any]) -> None:
+        # 0.77 sends the v2 item/* notifications too; only the legacy events count.
         if method.startswith(EVENT_PREFIX) or method == CONNECTION_LOST or "msg" in params:
-            self._inbox.put_nowait((method, params))
-
-    async def next_event(self) -> TurnEvent:
-        while not self._ready:
-            method, params = await self._inbox.get()
-            self._translate(method, params)
-        return self._ready.popleft()
+            super().feed(method, params)
 
     def _translate(self, method: str, params: dict[str, Any]) -> None:
         if self._done:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -29,11 +28,11 @@ from bridge.codex.events import (
     ReasoningDelta,
     TextDelta,
     ToolCall,
-    TurnEvent,
     Usage,
 )
+from bridge.codex.queued import START_ERRORS, QueuedTurn, start_error
 from bridge.codex.turn import HistoryToolCall, HistoryToolOutput, TurnRequest
-from bridge.errors import BridgeError, NotFound, WorkerCrashed
+from bridge.errors import NotFound, WorkerCrashed
 from bridge.worker.rpc import ConnectionClosed, RpcConnection, RpcError, RpcTimeout
 
 log = structlog.get_logger("bridge.codex.v2")
@@ -200,15 +199,13 @@ async def start_turn(
     try:
         started = await conn.request(method, params, timeout=timeout)
         thread_id = str(started["thread"]["id"])
-    except RpcError as exc:
-        if method == "thread/fork":
+    except START_ERRORS as exc:
+        if method == "thread/fork" and isinstance(exc, RpcError):
             raise NotFound(
                 "The stored conversation of previous_response_id can no longer be continued.",
                 param="previous_response_id",
             ) from exc
-        raise _as_bridge_error(exc, method) from exc
-    except (ConnectionClosed, RpcTimeout, KeyError, TypeError) as exc:
-        raise _as_bridge_error(exc, method) from exc
+        raise start_error(exc, method) from exc
 
     turn = V2Turn(conn, router, thread_id, settings)
     router.add(thread_id, turn)
@@ -232,20 +229,10 @@ async def start_turn(
         turn.set_turn_id(str(result["turn"]["id"]))
     except BaseException as exc:
         await turn.aclose()
-        if isinstance(exc, (ConnectionClosed, RpcTimeout, RpcError, KeyError, TypeError)):
-            raise _as_bridge_error(exc, "turn/start") from exc
+        if isinstance(exc, START_ERRORS):
+            raise start_error(exc, "turn/start") from exc
         raise
     return turn
-
-
-def _as_bridge_error(exc: BaseException, step: str) -> BridgeError:
-    if isinstance(exc, ConnectionClosed):
-        return WorkerCrashed("The Codex worker exited while starting the turn.")
-    if isinstance(exc, RpcTimeout):
-        return WorkerCrashed(f"The Codex worker did not answer {step} in time.")
-    if isinstance(exc, RpcError):
-        return BridgeError(f"Codex rejected {step}: {exc.message}")
-    return BridgeError(f"Codex answered {step} with an unexpected payload.")
 
 
 def _usage_of(breakdown: Mapping[str, Any]) -> Usage:
@@ -258,8 +245,8 @@ def _usage_of(breakdown: Mapping[str, Any]) -> Usage:
     )
 
 
-class V2Turn:
-    """One running turn on its own ephemeral thread. Implements `bridge.codex.turn.Turn`."""
+class V2Turn(QueuedTurn):
+    """One running turn on its own thread. Implements `bridge.codex.turn.Turn`."""
 
     def __init__(
         self,
@@ -268,17 +255,8 @@ class V2Turn:
         thread_id: str,
         settings: ThreadSettings,
     ) -> None:
-        self._conn = conn
+        super().__init__(conn, thread_id, settings.rpc_timeout_s)
         self._router = router
-        self.thread_id = thread_id
-        self.turn_id: str | None = None
-        # Lines logged for this turn from the reader's tasks carry the id of
-        # the HTTP request that started it (contextvars do not reach them).
-        self.request_id = structlog.contextvars.get_contextvars().get("request_id")
-        self._settings = settings
-        self._inbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-        self._ready: deque[TurnEvent] = deque()
-        self._usage = Usage()
         self._pending_error: Any = None
         self._item: Any = None
         self._item_len = 0
@@ -286,24 +264,11 @@ class V2Turn:
         self._retrying = False
         self._emitted_any = False
         self._tool_calls: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._done = False
-        self._closed = False
-
-    # -- called on the RPC reader task -------------------------------------------------
-    def feed(self, method: str, params: dict[str, Any]) -> None:
-        self._inbox.put_nowait((method, params))
 
     def set_turn_id(self, turn_id: str) -> None:
         self.turn_id = turn_id
 
     # -- consumer side -------------------------------------------------------------------
-    async def next_event(self) -> TurnEvent:
-        """The next event; cancellation-safe (a timeout around it loses nothing)."""
-        while not self._ready:
-            method, params = await self._inbox.get()
-            self._translate(method, params)
-        return self._ready.popleft()
-
     def _translate(self, method: str, params: dict[str, Any]) -> None:
         if self._done:
             return
@@ -405,7 +370,7 @@ class V2Turn:
             await self._conn.request(
                 "turn/interrupt",
                 {"threadId": self.thread_id, "turnId": self.turn_id},
-                timeout=self._settings.rpc_timeout_s,
+                timeout=self._rpc_timeout_s,
             )
 
     async def aclose(self) -> None:
