@@ -249,6 +249,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     ignored = req.ignored_params()
     if req.tool_choice not in (None, "auto", "none"):
         ignored.append("tool_choice")  # asked of the model, not enforced
+    if any(getattr(m, "name", None) for m in req.messages if m.role != "function"):
+        ignored.append("messages[].name")  # Codex has no participant names
     headers = ignored_params_headers(ignored)
     request[ACCESS].model = req.model
     stream = bool(req.stream)

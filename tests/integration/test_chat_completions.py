@@ -215,6 +215,10 @@ async def test_ignored_sampling_parameters_are_named_in_a_header(bridge: Running
     assert status == 200, body
     ignored = set(headers["x-codex-bridge-ignored-params"].split(","))
     assert {"temperature", "seed"} <= ignored
+    named = {"model": DEMO_MODEL_ID, "messages": [{"role": "user", "content": "x", "name": "ann"}]}
+    status, headers, _ = await post_chat(bridge, named)
+    assert status == 200
+    assert "messages[].name" in headers["x-codex-bridge-ignored-params"].split(",")
 
 
 async def test_upstream_500_becomes_a_clean_502(bridge: RunningBridge) -> None:
