@@ -315,3 +315,35 @@ async def _tools_offered(bridge: RunningBridge) -> list[dict[str, Any]]:
     assert status == 200
     tools: list[dict[str, Any]] = bridge.demo.requests[-1].get("tools", [])
     return tools
+
+
+async def test_text_replayed_by_a_codex_stream_retry_reaches_the_client_once(
+    tmp_path: Any,
+) -> None:
+    from tests.harness import bridge_test_settings, running_bridge
+    from tests.sse import read_sse
+
+    provider = "model_providers.codexbridge-demo"
+    settings = bridge_test_settings(
+        tmp_path,
+        **{
+            # Operator overrides come last: turn Codex's own stream retry back on.
+            "codex.config_overrides": [
+                f"{provider}.stream_max_retries=1",
+                f"{provider}.stream_idle_timeout_ms=700",
+            ]
+        },
+    )
+    async with running_bridge(settings) as retrying, aiohttp.ClientSession() as http:
+        body = chat("[[words=6]] [[hang_after=3]]", stream=True)
+        async with http.post(f"{retrying.base_url}/v1/chat/completions", json=body) as r:
+            frames = data_frames(await read_sse(r))
+        attempts = len(retrying.demo.requests)
+    assert attempts == 2  # the model call was retried and replayed "w1 w2 w3 "
+    text = "".join(
+        f.json()["choices"][0]["delta"].get("content", "")
+        for f in frames
+        if f.data != "[DONE]" and "choices" in f.json()
+    )
+    assert text == "w1 w2 w3 "
+    assert "error" in frames[-2].json()
