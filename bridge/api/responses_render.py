@@ -129,14 +129,6 @@ class ResponseRenderer:
             "user": e.user,
         }
 
-    def output_text(self) -> str:
-        return "".join(
-            part.get("text", "")
-            for item in self.output
-            if item.get("type") == "message"
-            for part in item.get("content", [])
-        )
-
     # -- events ------------------------------------------------------------------------
     def _event(self, event_type: str, body: dict[str, Any]) -> Frame:
         body["type"] = event_type

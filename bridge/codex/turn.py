@@ -7,7 +7,7 @@ OpenAI shapes and no JSON-RPC method names.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from bridge.codex.events import TurnEvent
@@ -74,8 +74,6 @@ class TurnRequest:
     """Keep the thread on disk so a later request can continue it."""
     continue_from: tuple[str, str] | None = None
     """(thread id, turn id) of a stored response: fork that thread instead of starting one."""
-    labels: dict[str, str] = field(default_factory=dict)
-    """Free-form context for logs (endpoint, request id); never sent to Codex."""
 
 
 @dataclass(frozen=True, slots=True)

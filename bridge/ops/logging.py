@@ -83,7 +83,3 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.INFO) if numeric < logging.INFO else numeric)
-
-
-def get_logger(name: str) -> Any:
-    return structlog.get_logger(name)
