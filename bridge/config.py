@@ -56,6 +56,12 @@ class ServerSettings(_Frozen):
     metrics_access: Literal["loopback", "key", "open"] = "loopback"
     sse_keepalive_s: Annotated[float, Field(gt=0)] = 15.0
     shutdown_timeout_s: Annotated[float, Field(ge=0)] = 30.0
+    state_dir: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    stream_header_hold_s: Annotated[float, Field(ge=0)] = 10.0
+    sse_write_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    max_concurrent_body_reads: Annotated[int, Field(ge=1)] = 32
+    reasoning_content: bool = True
 
 
 class CodexSettings(_Frozen):
@@ -81,6 +87,11 @@ class CodexSettings(_Frozen):
     healthy_reset_s: Annotated[float, Field(gt=0)] = 60.0
     health_interval_s: Annotated[float, Field(gt=0)] = 30.0
     stop_grace_s: Annotated[float, Field(ge=0)] = 5.0
+    max_parked_turns: Annotated[int, Field(ge=0)] = 64
+    max_queued_events: Annotated[int, Field(ge=16)] = 4096
+    agent_view_image: bool = False
+    agent_web_search: bool = False
+    env_passthrough: tuple[str, ...] = ()
 
     @field_validator("config_overrides")
     @classmethod
@@ -99,6 +110,7 @@ class AuthSettings(_Frozen):
     trusted_proxies: tuple[str, ...] = ()
     identity_header: str = "X-Bridge-Key-Name"
     allow_anonymous_remote: bool = False
+    verify_without_keys: bool = False
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -111,6 +123,16 @@ class AuthSettings(_Frozen):
 class StoreSettings(_Frozen):
     path: str | None = None
     ttl_days: Annotated[float, Field(gt=0)] = 30.0
+    purge_interval_s: Annotated[float, Field(gt=0)] = 3600.0
+
+
+class ImageSettings(_Frozen):
+    max_per_request: Annotated[int, Field(ge=0)] = 16
+    max_bytes: Annotated[int, Field(ge=1024)] = 20 * MiB
+    max_pixels: Annotated[int, Field(ge=1)] = 25_000_000
+    fetch_remote: bool = True
+    fetch_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    fetch_allow: tuple[str, ...] = ()
 
 
 class DemoSettings(_Frozen):
@@ -127,6 +149,7 @@ class Settings(_Frozen):
     codex: CodexSettings = CodexSettings()
     auth: AuthSettings = AuthSettings()
     store: StoreSettings = StoreSettings()
+    images: ImageSettings = ImageSettings()
     demo: DemoSettings = DemoSettings()
     log: LogSettings = LogSettings()
 
@@ -173,6 +196,42 @@ FIELDS: Final = (
         "shutdown_timeout_s",
         "BRIDGE_SHUTDOWN_TIMEOUT_S",
         "On SIGTERM, how long running turns may finish before they are interrupted.",
+    ),
+    FieldDoc(
+        "server",
+        "state_dir",
+        "BRIDGE_STATE_DIR",
+        "This instance's state directory (default Codex home, worker directories, SQLite files), locked against a second instance; empty means `$STATE_DIRECTORY` under systemd, else `~/.local/state/codex-bridge`.",
+    ),
+    FieldDoc(
+        "server",
+        "cors_origins",
+        "BRIDGE_CORS_ORIGINS",
+        "Browser origins allowed to call the API (`*` for any); empty turns CORS off (env: comma-separated).",
+    ),
+    FieldDoc(
+        "server",
+        "stream_header_hold_s",
+        "BRIDGE_STREAM_HEADER_HOLD_S",
+        "How long a stream holds its HTTP headers for the first content, so an early upstream failure is a real HTTP status.",
+    ),
+    FieldDoc(
+        "server",
+        "sse_write_timeout_s",
+        "BRIDGE_SSE_WRITE_TIMEOUT_S",
+        "How long one write to a stream may wait for a client that does not read before the request ends.",
+    ),
+    FieldDoc(
+        "server",
+        "max_concurrent_body_reads",
+        "BRIDGE_MAX_CONCURRENT_BODY_READS",
+        "Request bodies read at the same time; others wait their turn.",
+    ),
+    FieldDoc(
+        "server",
+        "reasoning_content",
+        "BRIDGE_REASONING_CONTENT",
+        "Chat completions carry Codex's reasoning summary as `reasoning_content`.",
     ),
     FieldDoc(
         "codex",
@@ -296,6 +355,36 @@ FIELDS: Final = (
         "After closing a worker's stdin, how long to wait before SIGTERM.",
     ),
     FieldDoc(
+        "codex",
+        "max_parked_turns",
+        "BRIDGE_MAX_PARKED_TURNS",
+        "Turns that may wait for clients' tool results at once (they hold no turn slot); beyond it the oldest is released.",
+    ),
+    FieldDoc(
+        "codex",
+        "max_queued_events",
+        "BRIDGE_MAX_QUEUED_EVENTS",
+        "Events one turn may buffer for a slow client before the turn is interrupted and the request fails.",
+    ),
+    FieldDoc(
+        "codex",
+        "agent_view_image",
+        "BRIDGE_AGENT_VIEW_IMAGE",
+        "Agent profile: let the model read image files of the host (`view_image`).",
+    ),
+    FieldDoc(
+        "codex",
+        "agent_web_search",
+        "BRIDGE_AGENT_WEB_SEARCH",
+        "Agent profile: let the model search the web.",
+    ),
+    FieldDoc(
+        "codex",
+        "env_passthrough",
+        "BRIDGE_WORKER_ENV",
+        "Extra environment variable names passed to workers, beside the fixed allow-list (env: comma-separated).",
+    ),
+    FieldDoc(
         "auth",
         "api_keys",
         "BRIDGE_API_KEYS",
@@ -332,6 +421,12 @@ FIELDS: Final = (
         "Listen beyond loopback with no API keys (only behind an authenticating proxy).",
     ),
     FieldDoc(
+        "auth",
+        "verify_without_keys",
+        "BRIDGE_AUTH_VERIFY_WITHOUT_KEYS",
+        "Let `/auth/verify` approve every request when no API keys are configured (otherwise it refuses).",
+    ),
+    FieldDoc(
         "store",
         "path",
         "BRIDGE_STORE_PATH",
@@ -342,6 +437,48 @@ FIELDS: Final = (
         "ttl_days",
         "BRIDGE_STORE_TTL_DAYS",
         "How long a stored response can be fetched or continued.",
+    ),
+    FieldDoc(
+        "store",
+        "purge_interval_s",
+        "BRIDGE_STORE_PURGE_INTERVAL_S",
+        "Seconds between purges of expired stored responses and their Codex threads.",
+    ),
+    FieldDoc(
+        "images",
+        "max_per_request",
+        "BRIDGE_IMAGES_MAX_PER_REQUEST",
+        "Images one request may carry; more get 400.",
+    ),
+    FieldDoc(
+        "images",
+        "max_bytes",
+        "BRIDGE_IMAGES_MAX_BYTES",
+        "Largest image (decoded `data:` URL or fetched body).",
+    ),
+    FieldDoc(
+        "images",
+        "max_pixels",
+        "BRIDGE_IMAGES_MAX_PIXELS",
+        "Largest image in pixels (width x height); larger images get 400.",
+    ),
+    FieldDoc(
+        "images",
+        "fetch_remote",
+        "BRIDGE_IMAGES_FETCH_REMOTE",
+        "Fetch `http(s)` image URLs and hand Codex the bytes; false answers 400.",
+    ),
+    FieldDoc(
+        "images",
+        "fetch_timeout_s",
+        "BRIDGE_IMAGES_FETCH_TIMEOUT_S",
+        "Timeout of one image fetch, redirects included.",
+    ),
+    FieldDoc(
+        "images",
+        "fetch_allow",
+        "BRIDGE_IMAGES_FETCH_ALLOW",
+        "Hosts or CIDRs that may be fetched although loopback, private or link-local (env: comma-separated).",
     ),
     FieldDoc(
         "demo",
@@ -360,6 +497,9 @@ _LIST_SPLIT: Final = {
     "models": ",",
     "api_keys": ",",
     "trusted_proxies": ",",
+    "cors_origins": ",",
+    "env_passthrough": ",",
+    "fetch_allow": ",",
 }
 
 
