@@ -2,7 +2,9 @@
 
 `make_app(settings)` builds everything with no globals and no work at import
 time. Resources start in order through `cleanup_ctx` and stop in reverse:
-the demo model (when enabled), then the worker pool. The listener is bound
+the state directory (private modes, legacy import; the instance lock is the
+CLI's, `bridge/cli.py`), the response store, the usage ledger, the demo
+model (when enabled), then the worker pool. The listener is bound
 by the caller (`bridge.server` or a test), so `/healthz` answers while the
 workers are still starting and `/readyz` says when they are ready.
 """
@@ -14,28 +16,51 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from importlib.metadata import version
-from pathlib import Path
 from typing import Final
 
 import structlog
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from bridge.api import chat, completions, health, models, responses
+from bridge.api import chat, completions, health, models, responses, stored_responses
+from bridge.api.cors import CORS, CorsPolicy, add_cors_headers, cors_middleware
 from bridge.api.errors import error_middleware
-from bridge.api.middleware import METRICS, add_response_headers, request_context_middleware
+from bridge.api.middleware import (
+    BODY_READS,
+    METRICS,
+    BodyReads,
+    add_response_headers,
+    body_read_middleware,
+    request_context_middleware,
+)
 from bridge.api.pending import PENDING, PendingToolCalls
 from bridge.appkeys import CATALOG, LIMITS, POOL, SETTINGS, STORE
 from bridge.catalog import CatalogEntry, ModelCatalog
+from bridge.codex.dialect import codex_driver
+from bridge.codex.selfcheck import check_worker_tools
 from bridge.codex.turn import TurnLimits
-from bridge.config import Settings, resolve_codex_bin, resolve_codex_home, resolve_store_path
+from bridge.config import Settings, resolve_codex_bin, resolve_codex_home, resolve_workroot
 from bridge.demo import DEMO_MODEL_ID, DemoModel
 from bridge.ops import auth, usage
 from bridge.ops.admission import KEY_LIMITS, KeyLimits
 from bridge.ops.auth import AUTH, auth_middleware, build_policy, metrics_guard
 from bridge.ops.metrics import Metrics
+from bridge.ops.statedir import StateLayout, prepare_state, private_dir
+from bridge.retention import RETENTION, Retention
 from bridge.store import SqliteResponseStore
-from bridge.worker.launch import prepare_codex_home, prepare_workdir, worker_argv, worker_env
+from bridge.worker.launch import (
+    CodexFlavor,
+    codex_version,
+    flavor_for,
+    prepare_codex_home,
+    prepare_workdir,
+    provider_env_keys,
+    remove_bridge_config,
+    worker_argv,
+    worker_env,
+    worker_overrides,
+    write_bridge_config,
+)
 from bridge.worker.pool import WorkerPool
 from bridge.worker.rpc import MessageHook
 from bridge.worker.supervisor import WorkerConfig
@@ -44,6 +69,7 @@ log = structlog.get_logger("bridge.app")
 
 CODEX_VERSION: Final = version("openai-codex-cli-bin")
 DEMO: Final = web.AppKey("demo", DemoModel)
+STATE: Final = web.AppKey("state", StateLayout)
 # How long startup waits for the first worker before listing Codex's models;
 # the bridge serves (and /readyz says 503) meanwhile.
 CATALOG_DISCOVERY_TIMEOUT_S: Final = 120.0
@@ -57,12 +83,26 @@ def make_app(
 ) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[request_context_middleware, error_middleware, auth_middleware],
+        # Outermost first: every request gets an id and an access line; errors
+        # become envelopes; CORS preflights are answered before authentication;
+        # bodies are read only after it, and only so many at once.
+        middlewares=[
+            request_context_middleware,
+            error_middleware,
+            cors_middleware,
+            auth_middleware,
+            body_read_middleware,
+        ],
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics(version=version("codex-bridge"), codex_version=CODEX_VERSION)
     app.on_response_prepare.append(add_response_headers)
     app.on_response_prepare.append(auth.add_ratelimit_headers)
+    app.on_response_prepare.append(add_cors_headers)
+    app[CORS] = CorsPolicy(settings.server.cors_origins)
+    app[BODY_READS] = BodyReads(
+        settings.server.max_concurrent_body_reads, wait_s=settings.codex.queue_timeout_s
+    )
     app[LIMITS] = TurnLimits(
         first_token_s=settings.codex.first_token_timeout_s,
         idle_s=settings.codex.idle_timeout_s,
@@ -72,13 +112,17 @@ def make_app(
     env = dict(os.environ if environ is None else environ)
     app[AUTH] = build_policy(settings, env)
     app[KEY_LIMITS] = KeyLimits()
-    app[PENDING] = PendingToolCalls(settings.codex.tool_call_timeout_s)
+    pending = PendingToolCalls(settings.codex.tool_call_timeout_s, settings.codex.max_parked_turns)
+    app[PENDING] = pending
+    app[METRICS].parked_turns.set_function(lambda: len(pending))
 
+    app.cleanup_ctx.append(lambda a: _state_ctx(a, env))
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_usage_ctx)
     if settings.demo.enabled:
         app.cleanup_ctx.append(_demo_ctx)
     app.cleanup_ctx.append(lambda a: _pool_ctx(a, env, rpc_message_hook))
+    app.cleanup_ctx.append(_retention_ctx)
 
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
@@ -87,7 +131,12 @@ def make_app(
     app.router.add_post("/v1/chat/completions", chat.create_chat_completion)
     app.router.add_post("/v1/completions", completions.create_completion)
     app.router.add_post("/v1/responses", responses.create_response)
-    app.router.add_get("/v1/responses/{response_id}", responses.get_response)
+    # Before the {response_id} routes, so "input_tokens" is never taken for an id.
+    app.router.add_post("/v1/responses/input_tokens", stored_responses.count_input_tokens)
+    app.router.add_get("/v1/responses/{response_id}", stored_responses.get_response)
+    app.router.add_delete("/v1/responses/{response_id}", stored_responses.delete_response)
+    app.router.add_get("/v1/responses/{response_id}/input_items", stored_responses.list_input_items)
+    app.router.add_post("/v1/responses/{response_id}/cancel", stored_responses.cancel_response)
     app.router.add_get("/v1/usage", usage.get_usage)
     app.router.add_get(
         "/metrics",
@@ -115,18 +164,40 @@ def _static_models(settings: Settings) -> list[CatalogEntry]:
     return entries
 
 
+async def _state_ctx(app: web.Application, env: Mapping[str, str]) -> AsyncIterator[None]:
+    layout = StateLayout.resolve(app[SETTINGS], env)
+    prepare_state(layout)
+    app[STATE] = layout
+    yield
+
+
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = SqliteResponseStore(
-        resolve_store_path(settings), ttl_s=settings.store.ttl_days * 24 * 3600
-    )
+    store = SqliteResponseStore(app[STATE].store_path, ttl_s=settings.store.ttl_days * 24 * 3600)
     app[STORE] = store
     yield
     await store.close()
 
 
+async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The purge of expired responses; stops first, before the pool it deletes threads with."""
+    retention = Retention(
+        app[STORE],
+        app[STATE].codex_home,
+        app[METRICS],
+        app.get(POOL),
+        app[SETTINGS].store.purge_interval_s,
+    )
+    app[RETENTION] = retention
+    task = asyncio.create_task(retention.run(), name="retention")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:
-    ledger = usage.UsageLedger(resolve_store_path(app[SETTINGS]))
+    ledger = usage.UsageLedger(app[STATE].store_path)
     ledger.start()
     app[usage.USAGE] = ledger
     yield
@@ -147,24 +218,30 @@ def worker_configs(
     env: Mapping[str, str],
     demo: DemoModel | None,
     message_hook: MessageHook | None = None,
+    *,
+    flavor: CodexFlavor,
 ) -> list[WorkerConfig]:
     codex = settings.codex
-    codex_home = prepare_codex_home(resolve_codex_home(settings))
-    overrides = list(codex.config_overrides)
+    codex_home = prepare_codex_home(resolve_codex_home(settings, env))
+    overrides = effective_overrides(settings, demo, flavor)
+    if flavor.honours_cli_overrides:
+        remove_bridge_config(codex_home)
+    else:
+        # Codex 0.77 ignores `-c` for app-server threads (protocol NOTES): the same
+        # settings go into a config.toml the bridge owns, or the bridge refuses to start.
+        write_bridge_config(codex_home, overrides)
+    argv = worker_argv(resolve_codex_bin(settings), overrides)
     extra_env: dict[str, str] = {}
     if demo is not None:
-        # Operator overrides still come last and win.
-        overrides = [*demo.codex_config_overrides(), *overrides]
         extra_env[DemoModel.API_KEY_ENV] = DemoModel.API_KEY_VALUE
-        write_demo_config(codex_home, demo)
-    argv = worker_argv(
-        resolve_codex_bin(settings), profile=codex.profile, operator_overrides=overrides
-    )
-    workroot = codex_home.parent / "workdirs"
+    passthrough = {*codex.env_passthrough, *provider_env_keys(overrides)}
+    # In the state directory, never beside the Codex home: instances with sibling Codex
+    # homes used to share it and wipe each other's worker cwd on start.
+    workroot = private_dir(resolve_workroot(settings, env))
     return [
         WorkerConfig(
             argv=argv,
-            env=worker_env(env, codex_home=codex_home, extra=extra_env),
+            env=worker_env(env, codex_home=codex_home, passthrough=passthrough, extra=extra_env),
             workdir=prepare_workdir(workroot, i),
             profile=codex.profile,
             rpc_timeout_s=codex.rpc_timeout_s,
@@ -174,6 +251,7 @@ def worker_configs(
             healthy_reset_s=codex.healthy_reset_s,
             health_interval_s=codex.health_interval_s,
             stop_grace_s=codex.stop_grace_s,
+            max_queued_events=codex.max_queued_events,
             version=version("codex-bridge"),
             message_hook=message_hook,
             dialect=codex.dialect,
@@ -182,17 +260,19 @@ def worker_configs(
     ]
 
 
-DEMO_CONFIG_MARKER: Final = "# Written by codex-bridge --demo; replaced on every demo start."
-
-
-def write_demo_config(codex_home: Path, demo: DemoModel) -> None:
-    """The demo provider in `$CODEX_HOME/config.toml` too: Codex 0.77 ignores `-c` provider
-    overrides for app-server threads (protocol NOTES). An operator's own file is left alone."""
-    path = codex_home / "config.toml"
-    if path.exists() and not path.read_text().startswith(DEMO_CONFIG_MARKER):
-        log.warning("not writing the demo provider: config.toml is not ours", path=str(path))
-        return
-    path.write_text("\n".join([DEMO_CONFIG_MARKER, *demo.codex_config_overrides(), ""]))
+def effective_overrides(
+    settings: Settings, demo: DemoModel | None, flavor: CodexFlavor
+) -> list[str]:
+    """Every Codex setting of the workers: startup, profile, demo provider, operator (last wins)."""
+    codex = settings.codex
+    return worker_overrides(
+        flavor,
+        profile=codex.profile,
+        agent_view_image=codex.agent_view_image,
+        agent_web_search=codex.agent_web_search,
+        provider=demo.codex_config_overrides() if demo is not None else (),
+        operator=codex.config_overrides,
+    )
 
 
 async def _pool_ctx(
@@ -200,8 +280,23 @@ async def _pool_ctx(
 ) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     demo = app.get(DEMO)
+    codex_bin = resolve_codex_bin(settings)
+    flavor = flavor_for(await codex_version(codex_bin))
+    configs = worker_configs(settings, env, demo, message_hook, flavor=flavor)
+    # Refuses to start (SelfCheckFailed, a ConfigError: exit 2) when the model would be
+    # offered tools the profile promises it does not have.
+    await check_worker_tools(
+        configs[0],
+        flavor,
+        codex_bin=codex_bin,
+        overrides=effective_overrides(settings, demo, flavor),
+        models=_probe_models(settings),
+        agent_view_image=settings.codex.agent_view_image,
+        agent_web_search=settings.codex.agent_web_search,
+    )
     pool = WorkerPool(
-        worker_configs(settings, env, demo, message_hook),
+        configs,
+        driver_factory=codex_driver,
         max_turns_per_worker=settings.codex.max_turns_per_worker,
         queue_limit=settings.codex.queue_limit,
         queue_timeout_s=settings.codex.queue_timeout_s,
@@ -220,6 +315,13 @@ async def _pool_ctx(
         with contextlib.suppress(asyncio.CancelledError):
             await discovery
     await pool.stop()
+
+
+def _probe_models(settings: Settings) -> list[str | None]:
+    """Every Codex model the configuration names (a model's family can add tools)."""
+    models: list[str | None] = [settings.codex.default_model]
+    models += [alias.codex_model for alias in settings.codex.models if alias.codex_model]
+    return models
 
 
 async def _discover_models(pool: WorkerPool, catalog: ModelCatalog) -> None:

@@ -2,7 +2,9 @@
 
 Flags become the top layer of the settings (defaults < file < env < flags);
 a user error prints `codex-bridge: error: <why>` and exits 2, never a
-traceback.
+traceback. `serve` holds the instance lock (`ops/statedir.py`) on the state
+directory and the Codex home for the life of the process: a second instance
+on either exits 2 naming the holder's PID.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--codex-bin", help="path to the codex binary")
     serve.add_argument("--codex-home", help="CODEX_HOME for the workers")
     serve.add_argument(
+        "--state-dir",
+        help="this instance's state directory: Codex home, worker dirs, SQLite (locked)",
+    )
+    serve.add_argument(
         "--codex-config",
         action="append",
         metavar="KEY=VALUE",
@@ -72,6 +78,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "demo": "demo.enabled",
         "codex_bin": "codex.bin",
         "codex_home": "codex.home",
+        "state_dir": "server.state_dir",
         "codex_config": "codex.config_overrides",
         "model": "codex.models",
         "workers": "codex.workers",
@@ -103,6 +110,16 @@ def main(argv: list[str] | None = None) -> int:
         effective["auth"]["api_keys"] = ["[redacted]"] * len(settings.auth.api_keys)
         print(orjson.dumps(effective, option=orjson.OPT_INDENT_2).decode())
         return 0
+    from bridge.ops.statedir import InstanceLock, StateLayout
     from bridge.server import serve
 
-    return serve(settings)
+    lock = InstanceLock(StateLayout.resolve(settings, os.environ))
+    try:
+        lock.acquire()
+    except ConfigError as exc:
+        print(f"codex-bridge: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return serve(settings)
+    finally:
+        lock.release()

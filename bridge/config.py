@@ -88,7 +88,7 @@ class CodexSettings(_Frozen):
     health_interval_s: Annotated[float, Field(gt=0)] = 30.0
     stop_grace_s: Annotated[float, Field(ge=0)] = 5.0
     max_parked_turns: Annotated[int, Field(ge=0)] = 64
-    max_queued_events: Annotated[int, Field(ge=16)] = 4096
+    max_queued_events: Annotated[int, Field(ge=1024)] = 4096
     agent_view_image: bool = False
     agent_web_search: bool = False
     env_passthrough: tuple[str, ...] = ()
@@ -201,7 +201,7 @@ FIELDS: Final = (
         "server",
         "state_dir",
         "BRIDGE_STATE_DIR",
-        "This instance's state directory (default Codex home, worker directories, SQLite files), locked against a second instance; empty means `$STATE_DIRECTORY` under systemd, else `~/.local/state/codex-bridge`.",
+        "This instance's state directory (default Codex home, worker directories, SQLite files), locked against a second instance; empty means `$STATE_DIRECTORY` under systemd, else `$XDG_STATE_HOME/codex-bridge` (`~/.local/state/codex-bridge`).",
     ),
     FieldDoc(
         "server",
@@ -243,7 +243,7 @@ FIELDS: Final = (
         "codex",
         "home",
         "BRIDGE_CODEX_HOME",
-        "CODEX_HOME of the workers; empty means `$STATE_DIRECTORY/codex-home` under systemd, else `~/.local/state/codex-bridge/codex-home`.",
+        "CODEX_HOME of the workers, locked against a second instance; empty means `codex-home` in the state directory.",
     ),
     FieldDoc(
         "codex",
@@ -325,7 +325,7 @@ FIELDS: Final = (
         "codex",
         "tool_call_timeout_s",
         "BRIDGE_TOOL_CALL_TIMEOUT_S",
-        "How long a turn waits, slot held, for the client to send its tool results.",
+        "How long a parked turn (holding no turn slot) waits for the client to send its tool results.",
     ),
     FieldDoc(
         "codex",
@@ -406,7 +406,7 @@ FIELDS: Final = (
         "auth",
         "trusted_proxies",
         "BRIDGE_TRUSTED_PROXIES",
-        "Proxy addresses/CIDRs whose identity header is believed (env: comma-separated).",
+        "Proxy addresses/CIDRs whose identity header is believed if it names a configured key; trusting `127.0.0.1` trusts every local user (env: comma-separated).",
     ),
     FieldDoc(
         "auth",
@@ -430,7 +430,7 @@ FIELDS: Final = (
         "store",
         "path",
         "BRIDGE_STORE_PATH",
-        "SQLite file of stored responses; empty means `bridge.sqlite3` beside the Codex home.",
+        "SQLite file of stored responses and the usage ledger; empty means `bridge.sqlite3` in the state directory.",
     ),
     FieldDoc(
         "store",
@@ -614,22 +614,51 @@ def resolve_codex_bin(settings: Settings) -> str:
     return str(path)
 
 
-def resolve_codex_home(settings: Settings, env: Mapping[str, str] | None = None) -> Path:
+def resolve_state_dir(settings: Settings, env: Mapping[str, str] | None = None) -> Path:
+    """This instance's state directory: the setting, else systemd's, else the XDG one.
+
+    Independent of `codex.home`: an explicit Codex home no longer decides where
+    the worker directories and SQLite files go (two instances with sibling Codex
+    homes used to share them)."""
     env = os.environ if env is None else env
-    if settings.codex.home:
-        return Path(settings.codex.home).expanduser().resolve()
+    if settings.server.state_dir:
+        return Path(settings.server.state_dir).expanduser().resolve()
     state = env.get("STATE_DIRECTORY")
     if state:
         # systemd may list several directories, colon-separated: the first is ours.
-        return Path(state.split(":")[0]) / "codex-home"
-    xdg = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "codex-bridge" / "codex-home"
+        return Path(state.split(":")[0])
+    xdg = env.get("XDG_STATE_HOME")
+    # The XDG spec says a relative value is invalid and must be ignored.
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "codex-bridge"
+
+
+def resolve_codex_home(settings: Settings, env: Mapping[str, str] | None = None) -> Path:
+    if settings.codex.home:
+        return Path(settings.codex.home).expanduser().resolve()
+    return resolve_state_dir(settings, env) / "codex-home"
+
+
+def resolve_workroot(settings: Settings, env: Mapping[str, str] | None = None) -> Path:
+    """Where each worker gets its empty cwd (`worker-N`), wiped on every start."""
+    return resolve_state_dir(settings, env) / "workdirs"
 
 
 def resolve_store_path(settings: Settings, env: Mapping[str, str] | None = None) -> Path:
     if settings.store.path:
         return Path(settings.store.path).expanduser().resolve()
-    return resolve_codex_home(settings, env).parent / "bridge.sqlite3"
+    return resolve_state_dir(settings, env) / "bridge.sqlite3"
+
+
+def resolve_legacy_store_path(
+    settings: Settings, env: Mapping[str, str] | None = None
+) -> Path | None:
+    """Where versions before `server.state_dir` kept the SQLite file, when that differs from
+    today's: beside an explicitly configured Codex home (the default layout is unchanged)."""
+    if settings.store.path or not settings.codex.home:
+        return None
+    legacy = resolve_codex_home(settings, env).parent / "bridge.sqlite3"
+    return None if legacy == resolve_store_path(settings, env) else legacy
 
 
 def _format_default(value: Any) -> str:

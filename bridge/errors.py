@@ -19,6 +19,7 @@ Each leaf maps to exactly one ``(status, type, code)``::
     ├── WorkerCrashed                   502 server_error           worker_crashed
     ├── Unauthorized upstream           502 server_error           upstream_unauthorized
     ├── ServiceUnavailable              503 server_error           worker_unavailable
+    │   └── WorkerOverloaded            503 server_error           server_is_overloaded
     └── DeadlineExceeded                504 server_error           timeout
 
 Knows nothing about aiohttp or Codex: only statuses, types, codes and messages.
@@ -75,6 +76,10 @@ class InvalidRequest(BridgeError):
     status = 400
     type = "invalid_request_error"
 
+    def headers(self) -> dict[str, str]:
+        # The same request fails the same way: tell SDKs not to resend it.
+        return {**super().headers(), "x-should-retry": "false"}
+
 
 class ContextLengthExceeded(InvalidRequest):
     default_code = "context_length_exceeded"
@@ -84,6 +89,10 @@ class AuthenticationFailed(BridgeError):
     status = 401
     type = "invalid_request_error"
     default_code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        # RFC 9110 §11.6.1: a 401 names the scheme the server wants.
+        return {**super().headers(), "WWW-Authenticate": 'Bearer realm="codex-bridge"'}
 
 
 class PermissionDenied(BridgeError):
@@ -147,6 +156,12 @@ class WorkerCrashed(BridgeError):
 class ServiceUnavailable(BridgeError):
     status = 503
     default_code = "worker_unavailable"
+
+
+class WorkerOverloaded(ServiceUnavailable):
+    """Codex (or its model provider) refused work for now: backpressure, always with Retry-After."""
+
+    default_code = "server_is_overloaded"
 
 
 class DeadlineExceeded(BridgeError):

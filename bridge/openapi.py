@@ -14,26 +14,49 @@ from typing import Any, Final
 from aiohttp import web
 from pydantic import BaseModel
 
-from bridge.api.schemas import ChatCompletionRequest, CompletionRequest, ResponseCreateRequest
+from bridge.api.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    InputTokensRequest,
+    ResponseCreateRequest,
+)
 
 REQUEST_MODELS: Final[dict[tuple[str, str], type[BaseModel]]] = {
     ("POST", "/v1/chat/completions"): ChatCompletionRequest,
     ("POST", "/v1/completions"): CompletionRequest,
     ("POST", "/v1/responses"): ResponseCreateRequest,
+    ("POST", "/v1/responses/input_tokens"): InputTokensRequest,
 }
 
 SUMMARIES: Final = {
     "/healthz": "The process answers.",
     "/readyz": "A worker is ready to take turns (503 while none is, and while draining).",
     "/metrics": "Prometheus metrics.",
-    "/auth/verify": "Traefik ForwardAuth: 204 with the key's identity headers, or 401.",
+    "/auth/verify": (
+        "Traefik ForwardAuth: 204 with the bearer key's identity headers, or 401; 403 while "
+        "no keys are configured (unless auth.verify_without_keys)."
+    ),
     "/v1/models": "Served model ids.",
     "/v1/models/{model}": "One served model, or 404 model_not_found.",
     "/v1/chat/completions": "Chat completion, JSON or SSE (chat.completion.chunk, then [DONE]).",
     "/v1/completions": "Legacy text completion, JSON or SSE (text_completion frames, then [DONE]).",
     "/v1/responses": "Responses API, JSON or typed SSE events (no [DONE]).",
-    "/v1/responses/{response_id}": "A stored response.",
-    "/v1/usage": "Token usage per API key and model in day buckets (query: start_time, end_time).",
+    "/v1/responses/{response_id}": (
+        "A stored response of the caller's key (GET), or its deletion (DELETE, with its Codex "
+        "thread); another key's response is 404."
+    ),
+    "/v1/responses/{response_id}/input_items": (
+        "The stored response's input items, OpenAI cursor pagination "
+        "(query: after, before, limit 1-100, order asc|desc)."
+    ),
+    "/v1/responses/{response_id}/cancel": (
+        "Cancels a background response; the bridge runs none, so a stored response is 400."
+    ),
+    "/v1/responses/input_tokens": "Input tokens of a Responses request, by the bridge's tokenizer.",
+    "/v1/usage": (
+        "Token usage per API key and model in day buckets (query: start_time, end_time; "
+        "default: today UTC until now)."
+    ),
 }
 
 ERROR_ENVELOPE: Final = {

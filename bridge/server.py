@@ -18,7 +18,7 @@ from aiohttp import web
 
 from bridge.app import make_app
 from bridge.appkeys import POOL
-from bridge.config import Settings
+from bridge.config import ConfigError, Settings
 from bridge.ops.auth import AUTH
 from bridge.ops.logging import configure_logging
 from bridge.ops.systemd import SystemdNotifier
@@ -53,16 +53,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     notifier = SystemdNotifier()
     app = make_app(settings)
     host = settings.server.host
-    if not app[AUTH].enabled:
-        if host not in LOOPBACK_HOSTS and not settings.auth.allow_anonymous_remote:
-            log.error(
-                "refusing to listen beyond loopback without API keys",
-                host=host,
-                fix="configure auth.api_keys / BRIDGE_API_KEYS, or set "
-                "BRIDGE_ALLOW_ANONYMOUS_REMOTE=true behind an authenticating proxy",
-            )
-            return 2
-        log.warning("no API keys configured: every caller that can reach the listener is served")
+    if not listener_allowed(settings, keys_configured=app[AUTH].enabled):
+        return 2
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a client that hangs up cancels its handler at once
@@ -70,7 +62,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
         # We drain ourselves first (below); this is only the grace after it.
         shutdown_timeout=CANCEL_GRACE_S,
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except ConfigError as exc:
+        # E.g. the startup self-check found host tools in the plain profile.
+        log.error("refusing to start", reason=str(exc))
+        await runner.cleanup()
+        return 2
     port = settings.server.port
     site = web.TCPSite(runner, host, port)
     try:
@@ -88,11 +86,6 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
         profile=settings.codex.profile,
         demo=settings.demo.enabled,
     )
-    if host not in LOOPBACK_HOSTS:
-        log.warning(
-            "listening beyond loopback without API keys: anyone who can reach it may use it"
-        )
-
     # The watchdog pings from the event loop itself, so a wedged loop stops
     # them; it also requires every worker's supervisor task to be alive.
     watchdog = asyncio.create_task(notifier.run_watchdog(pool.supervisors_alive))
@@ -109,6 +102,29 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
         await runner.cleanup()
         log.info("stopped")
     return 0
+
+
+def listener_allowed(settings: Settings, *, keys_configured: bool) -> bool:
+    """Whether to listen where configured; warns only when no API keys guard the listener."""
+    if keys_configured:
+        return True
+    host = settings.server.host
+    if host in LOOPBACK_HOSTS:
+        log.warning("no API keys configured: every local caller is served", host=host)
+        return True
+    if not settings.auth.allow_anonymous_remote:
+        log.error(
+            "refusing to listen beyond loopback without API keys",
+            host=host,
+            fix="configure auth.api_keys / BRIDGE_API_KEYS, or set "
+            "BRIDGE_ALLOW_ANONYMOUS_REMOTE=true behind an authenticating proxy",
+        )
+        return False
+    log.warning(
+        "listening beyond loopback without API keys: anyone who can reach it may use it",
+        host=host,
+    )
+    return True
 
 
 async def _announce_ready(notifier: SystemdNotifier, pool: WorkerPool) -> None:

@@ -5,6 +5,7 @@ task does not stop the thread, so a later close() can free the connection
 under a statement still running (a segfault, seen in the test suite). Here
 the connection is opened, used and closed on a single worker thread, so a
 cancelled caller's statement simply finishes before anything after it.
+The file and its -wal/-shm are 0600 whatever the umask (`ops/statedir.py`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from bridge.ops.statedir import PRIVATE_DIR_MODE, private_sqlite_files
+
 T = TypeVar("T")
 
 
 class SqliteThread:
     def __init__(self, path: Path, schema: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created private; an existing directory (perhaps the operator's, for store.path) is
+        # left as it is: the state directory itself is tightened by ops/statedir.py.
+        path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+        private_sqlite_files(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db = self._executor.submit(self._open, path, schema).result()
 

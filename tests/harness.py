@@ -48,6 +48,8 @@ def bridge_test_settings(codex_home: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "demo.enabled": True,
         "codex.home": str(codex_home),
+        # Each bridge its own state directory (worker dirs, SQLite), beside its Codex home.
+        "server.state_dir": str(codex_home.with_name(codex_home.name + "-state")),
         "server.port": 0,
         # Short enough that hang tests finish quickly, long enough for a busy CI box.
         "codex.idle_timeout_s": 8.0,

@@ -156,7 +156,13 @@ class Recorder:
 
 @asynccontextmanager
 async def parity_bridge(dialect: str, home: Path) -> AsyncIterator[tuple[RunningBridge, Recorder]]:
-    overrides: dict[str, Any] = {"codex.idle_timeout_s": 2.0, "codex.dialect": dialect}
+    overrides: dict[str, Any] = {
+        "codex.idle_timeout_s": 2.0,
+        "codex.dialect": dialect,
+        # The v2 health probe opens a thread (thread/start + unsubscribe): keep it
+        # out of the transcripts by not probing during a scenario.
+        "codex.health_interval_s": 3600.0,
+    }
     if dialect == "v1":
         overrides["codex.bin"] = str(LEGACY_CODEX)
     recorder = Recorder()

@@ -19,13 +19,22 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from bridge.api.conversation import Item, Said, build_turn_request, image_url, tool_choice_hint
+from bridge.api.conversation import (
+    ImageRef,
+    Item,
+    Said,
+    build_turn_request,
+    image_url,
+    with_checked_images,
+)
 from bridge.api.drive import drive
 from bridge.api.fanout import open_sessions
-from bridge.api.limits import OutputLimiter
+from bridge.api.forced import ToolChoice, ToolPlan, plan_tools
+from bridge.api.limits import OutputLimiter, stop_sequences
 from bridge.api.middleware import ACCESS
-from bridge.api.pending import PENDING, PendingToolCalls
+from bridge.api.pending import PENDING, PendingToolCalls, owner_of
 from bridge.api.schemas import (
+    AllowedToolsChoice,
     AssistantMessage,
     ChatCompletionRequest,
     FunctionMessage,
@@ -42,11 +51,11 @@ from bridge.api.schemas import (
     UserMessage,
 )
 from bridge.api.sse import ClientGone, SSEStream
-from bridge.api.turns import TurnSession
+from bridge.api.turns import TurnSession, hold_headers, overall_deadline
 from bridge.api.validation import ignored_params_headers, parse_json_body
 from bridge.appkeys import CATALOG, SETTINGS
 from bridge.catalog import CatalogEntry
-from bridge.codex.events import ToolCall, Usage
+from bridge.codex.events import ReasoningDelta, ToolCall, Usage
 from bridge.codex.turn import HistoryToolCall, HistoryToolOutput, ToolSpec, TurnRequest
 from bridge.errors import BridgeError, InvalidRequest, UpstreamFailed
 
@@ -88,14 +97,14 @@ def usage_object(usage: Usage) -> dict[str, Any]:
 
 def content_of(
     content: Any, param: str, *, images_allowed: bool = False
-) -> tuple[str, tuple[str, ...]]:
+) -> tuple[str, tuple[ImageRef, ...]]:
     """Text (text/refusal parts joined) and image URLs of a message's content."""
     if content is None:
         return "", ()
     if isinstance(content, str):
         return content, ()
     texts: list[str] = []
-    images: list[str] = []
+    images: list[ImageRef] = []
     for j, part in enumerate(content):
         if isinstance(part, TextPart):
             texts.append(part.text)
@@ -116,14 +125,10 @@ def _text_of(content: Any, param: str) -> str:
     return content_of(content, param)[0]
 
 
-def tool_specs(
-    tools: Sequence[FunctionTool | OtherTool] | None, tool_choice: object
-) -> tuple[list[ToolSpec], str | None]:
-    """Client tools for Codex, and an instruction for a tool_choice Codex cannot force."""
-    if not tools or tool_choice == "none":
-        return [], None
+def tool_specs(tools: Sequence[FunctionTool | OtherTool] | None) -> list[ToolSpec]:
+    """The client's function tools; any other tool type is refused."""
     specs: list[ToolSpec] = []
-    for i, tool in enumerate(tools):
+    for i, tool in enumerate(tools or ()):
         if not isinstance(tool, FunctionTool):
             raise InvalidRequest(
                 f"Tools of type '{tool.type}' are not supported; only 'function'.",
@@ -138,8 +143,44 @@ def tool_specs(
                 parameters=fn.parameters or {"type": "object", "properties": {}},
             )
         )
-    named = tool_choice.function.name if isinstance(tool_choice, NamedToolChoice) else None
-    return specs, tool_choice_hint(tool_choice, named)
+    return specs
+
+
+def tool_choice_of(choice: object, param: str = "tool_choice") -> ToolChoice:
+    if isinstance(choice, NamedToolChoice):
+        return ToolChoice("required", (choice.function.name,), param)
+    if isinstance(choice, AllowedToolsChoice):
+        allowed = choice.allowed_tools
+        mode = allowed.get("mode")
+        tools = allowed.get("tools")
+        if mode not in ("auto", "required") or not isinstance(tools, list):
+            raise InvalidRequest(
+                "'tool_choice.allowed_tools' needs 'mode' ('auto' or 'required') and 'tools'.",
+                param=f"{param}.allowed_tools",
+                code="invalid_value",
+            )
+        names: list[str] = []
+        for tool in tools:
+            fn = tool.get("function") if isinstance(tool, dict) else None
+            name = fn.get("name") if isinstance(fn, dict) else None
+            if not isinstance(name, str):
+                raise InvalidRequest(
+                    "'tool_choice.allowed_tools.tools' lists functions as "
+                    '{"type": "function", "function": {"name": ...}}.',
+                    param=f"{param}.allowed_tools.tools",
+                    code="invalid_value",
+                )
+            names.append(name)
+        return ToolChoice(mode, tuple(names), param)
+    if choice in ("none", "required"):
+        return ToolChoice(choice, None, param)
+    return ToolChoice("auto", None, param)
+
+
+def plan_of(req: ChatCompletionRequest) -> ToolPlan:
+    tools, choice = _tools_and_choice(req)
+    param = "function_call" if tools is not req.tools else "tool_choice"
+    return plan_tools(tool_specs(tools), tool_choice_of(choice, param))
 
 
 def _tools_and_choice(
@@ -189,13 +230,23 @@ def trailing_tool_outputs(items: Sequence[Item]) -> dict[str, str]:
     return outputs
 
 
-def to_turn_request(req: ChatCompletionRequest, entry: CatalogEntry) -> TurnRequest:
+def to_turn_request(
+    req: ChatCompletionRequest,
+    entry: CatalogEntry,
+    plan: ToolPlan,
+    conversation: Sequence[Item],
+    *,
+    reasoning: bool = True,
+) -> TurnRequest:
     output_schema = None
     fmt = req.response_format
-    if isinstance(fmt, JSONSchemaFormat):
+    if plan.forced is not None:
+        # A forced call's reply is the call; response_format shapes text replies.
+        output_schema = plan.forced.schema
+    elif isinstance(fmt, JSONSchemaFormat):
         output_schema = fmt.json_schema.schema_ or {"type": "object"}
-    tools, hint = tool_specs(*_tools_and_choice(req))
-    if isinstance(fmt, JSONObjectFormat):
+    hint = None
+    if isinstance(fmt, JSONObjectFormat) and plan.forced is None:
         if not any("json" in str(m.content).lower() for m in req.messages):
             raise InvalidRequest(
                 "'messages' must contain the word 'json' in some form, to use "
@@ -204,12 +255,14 @@ def to_turn_request(req: ChatCompletionRequest, entry: CatalogEntry) -> TurnRequ
             )
         hint = "\n\n".join(filter(None, [hint, JSON_OBJECT_INSTRUCTION]))
     return build_turn_request(
-        conversation_of(req),
+        conversation,
         codex_model=entry.codex_model,
         instructions=hint,
         effort=req.reasoning_effort or entry.effort,
+        # Summaries are asked for only when they reach the client.
+        reasoning_summary=None if reasoning else "none",
         output_schema=output_schema,
-        tools=tools,
+        tools=plan.tools,
     )
 
 
@@ -233,7 +286,7 @@ def _check_supported(req: ChatCompletionRequest) -> None:
 def limiters_for(
     stop: str | list[str] | None, max_tokens: int | None, n: int
 ) -> list[OutputLimiter]:
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    stops = stop_sequences(stop)
     return [OutputLimiter(stops, max_tokens) for _ in range(n)]
 
 
@@ -242,13 +295,18 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     req = parse_json_body(await request.read(), ChatCompletionRequest)
     entry = app[CATALOG].resolve(req.model)
     _check_supported(req)
-    turn_request = to_turn_request(req, entry)
+    plan = plan_of(req)
+    reasoning = app[SETTINGS].server.reasoning_content
+    # Images are measured (and remote ones fetched) before any worker sees them.
+    conversation = await with_checked_images(
+        conversation_of(req), app[SETTINGS].images, param="messages"
+    )
+    turn_request = to_turn_request(req, entry, plan, conversation, reasoning=reasoning)
     n = req.n or 1
     max_tokens = req.max_completion_tokens or req.max_tokens
-    limiters = limiters_for(req.stop, max_tokens, n)
+    # Stop sequences apply to reply text; a forced call has none.
+    limiters = limiters_for(None if plan.forced else req.stop, max_tokens, n)
     ignored = req.ignored_params()
-    if req.tool_choice not in (None, "auto", "none"):
-        ignored.append("tool_choice")  # asked of the model, not enforced
     if any(getattr(m, "name", None) for m in req.messages if m.role != "function"):
         ignored.append("messages[].name")  # Codex has no participant names
     headers = ignored_params_headers(ignored)
@@ -257,7 +315,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     legacy = req.functions is not None and req.tools is None
     pending = app[PENDING]
     outputs = trailing_tool_outputs(conversation_of(req))
-    parked = pending.claim(outputs) if outputs else None
+    parked = pending.claim(outputs, owner_of(request, "chat")) if outputs else None
     if parked is not None:
         # The same Codex turn goes on: answer its tool calls, stream the rest.
         for call_id, output in outputs.items():
@@ -269,26 +327,40 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         # errors are plain JSON with a real status (error middleware).
         sessions_cm = open_sessions(request, [turn_request] * n, endpoint="chat", stream=stream)
     async with sessions_cm as sessions:
+        server = app[SETTINGS].server
         if stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            sse = SSEStream(request, headers)
-            await sse.open()
-            writer = _ChunkWriter(sse, req.model, include_usage, n, legacy=legacy)
+            # A failure before any content is still a plain HTTP error.
+            await hold_headers(sessions, server.stream_header_hold_s)
+            sse = SSEStream(request, headers, write_timeout_s=server.sse_write_timeout_s)
+            writer = _ChunkWriter(
+                sse, req.model, include_usage, n, legacy=legacy, reasoning=reasoning
+            )
             try:
-                await writer.roles()
-                waiting = await drive(
-                    sessions, limiters, writer, keepalive_s=app[SETTINGS].server.sse_keepalive_s
-                )
-                await writer.end()
-                if not legacy:
-                    park_waiting(pending, sessions, waiting)
-            except BridgeError as exc:
-                await writer.error(exc)
-            except ClientGone:
-                request[ACCESS].outcome = "client_disconnected"
+                await sse.open()
+                try:
+                    async with overall_deadline(sessions):
+                        await writer.roles()
+                        waiting = await drive(
+                            sessions,
+                            limiters,
+                            writer,
+                            keepalive_s=server.sse_keepalive_s,
+                            forced=plan.forced,
+                        )
+                        await writer.end()
+                    if not legacy:
+                        park_waiting(pending, sessions, waiting)
+                except BridgeError as exc:
+                    await writer.error(exc)
+            except ClientGone as gone:
+                # A deadline or failure that came first stays the request's outcome.
+                if request[ACCESS].outcome == "ok":
+                    request[ACCESS].outcome = gone.outcome
             return await sse.close()
-        collector = _Collector(n, legacy=legacy)
-        waiting = await drive(sessions, limiters, collector)
+        collector = _Collector(n, legacy=legacy, reasoning=reasoning)
+        async with overall_deadline(sessions):
+            waiting = await drive(sessions, limiters, collector, forced=plan.forced)
         # Legacy function results carry no call id to find a parked turn by:
         # their follow-up replays the conversation, so nothing is parked.
         if not legacy:
@@ -317,18 +389,48 @@ def park_waiting(
         pending.park(sessions[index], [call.call_id for call in calls])
 
 
+class ReasoningText:
+    """One choice's reasoning summary as one text: parts and items kept apart by a blank line."""
+
+    __slots__ = ("_at", "_pieces")
+
+    def __init__(self) -> None:
+        self._pieces: list[str] = []
+        self._at: tuple[str, int] | None = None
+
+    def add(self, delta: ReasoningDelta) -> str:
+        """Takes a delta; returns the text it adds (with a separator when a new part began)."""
+        where = (delta.item, delta.part)
+        piece = delta.text
+        if self._at is not None and where != self._at:
+            piece = "\n\n" + piece
+        self._at = where
+        self._pieces.append(piece)
+        return piece
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+
 class _Collector:
     """ChoiceSink for the non-streaming answer."""
 
-    def __init__(self, n: int, *, legacy: bool = False) -> None:
+    def __init__(self, n: int, *, legacy: bool = False, reasoning: bool = True) -> None:
         self._legacy = legacy
+        self._reasoning = reasoning
         self.texts: list[list[str]] = [[] for _ in range(n)]
+        self.thoughts: list[ReasoningText] = [ReasoningText() for _ in range(n)]
         self.calls: list[list[ToolCall]] = [[] for _ in range(n)]
         self.reasons = ["stop"] * n
         self.usage = Usage()
 
     async def text(self, index: int, text: str) -> None:
         self.texts[index].append(text)
+
+    async def reasoning(self, index: int, delta: ReasoningDelta) -> None:
+        if self._reasoning:
+            self.thoughts[index].add(delta)
 
     async def tool_call(self, index: int, call: ToolCall) -> None:
         self.calls[index].append(call)
@@ -365,6 +467,9 @@ class _Collector:
             "refusal": None,
             "annotations": [],
         }
+        thought = self.thoughts[index].text
+        if thought:
+            message["reasoning_content"] = thought
         if calls and self._legacy:
             message["function_call"] = {"name": calls[0].name, "arguments": calls[0].arguments}
         elif calls:
@@ -402,9 +507,18 @@ class _ChunkWriter:
     """ChoiceSink for streams. Pre-renders each choice's constant bytes: the delta path only splices text."""
 
     def __init__(
-        self, stream: SSEStream, model: str, include_usage: bool, n: int, *, legacy: bool = False
+        self,
+        stream: SSEStream,
+        model: str,
+        include_usage: bool,
+        n: int,
+        *,
+        legacy: bool = False,
+        reasoning: bool = True,
     ) -> None:
         self._legacy = legacy
+        self._reasoning = reasoning
+        self._thoughts = [ReasoningText() for _ in range(n)]
         self._stream = stream
         self._base: dict[str, Any] = {
             "id": completion_id(),
@@ -443,6 +557,18 @@ class _ChunkWriter:
 
     async def text(self, index: int, text: str) -> None:
         await self._stream.data(self._prefixes[index] + orjson.dumps(text) + self._suffix)
+
+    async def reasoning(self, index: int, delta: ReasoningDelta) -> None:
+        if not self._reasoning:
+            return
+        piece = self._thoughts[index].add(delta)
+        choice = {
+            "index": index,
+            "delta": {"reasoning_content": piece},
+            "logprobs": None,
+            "finish_reason": None,
+        }
+        await self._stream.data(self._chunk([choice]))
 
     async def tool_call(self, index: int, call: ToolCall) -> None:
         # id, type and name only in the first delta of a call: SDKs

@@ -23,9 +23,10 @@ from bridge.api.fanout import open_sessions
 from bridge.api.middleware import ACCESS
 from bridge.api.schemas import CompletionRequest
 from bridge.api.sse import ClientGone, SSEStream
+from bridge.api.turns import hold_headers, overall_deadline
 from bridge.api.validation import ignored_params_headers, parse_json_body
 from bridge.appkeys import CATALOG, SETTINGS
-from bridge.codex.events import ToolCall, Usage
+from bridge.codex.events import ReasoningDelta, ToolCall, Usage
 from bridge.errors import BridgeError, InvalidRequest
 
 # One request may fan out to at most this many turns.
@@ -103,6 +104,9 @@ class _Choices:
     async def tool_call(self, index: int, call: ToolCall) -> None:
         pass  # no tools are offered on legacy completions
 
+    async def reasoning(self, index: int, delta: ReasoningDelta) -> None:
+        pass  # legacy completions have no field for a reasoning summary
+
     async def finish(self, index: int, reason: str, usage: Usage) -> None:
         self.reasons[index] = reason
         self.usage = self.usage + usage
@@ -136,7 +140,12 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     prompts = prompts_of(req)
     turn_requests = [
         build_turn_request(
-            [Said("user", p)], codex_model=entry.codex_model, effort=entry.effort, param="prompt"
+            [Said("user", p)],
+            codex_model=entry.codex_model,
+            effort=entry.effort,
+            # Legacy completions have no field for a summary: ask for none.
+            reasoning_summary="none",
+            param="prompt",
         )
         for p in prompts
     ]
@@ -153,29 +162,35 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     }
     echo = [p if req.echo else "" for p in prompts]
     async with open_sessions(
-        request, turn_requests, endpoint="completions", stream=bool(req.stream)
+        request, turn_requests, endpoint="completions", stream=bool(req.stream), param="prompt"
     ) as sessions:
         if not req.stream:
             collected = _Choices(base, echo, None, False)
-            await drive(sessions, limiters, collected)
+            async with overall_deadline(sessions):
+                await drive(sessions, limiters, collected)
             return web.Response(
                 body=orjson.dumps(collected.body()),
                 content_type="application/json",
                 headers=headers,
             )
+        server = app[SETTINGS].server
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        stream = SSEStream(request, headers)
-        await stream.open()
+        # A failure before any content is still a plain HTTP error.
+        await hold_headers(sessions, server.stream_header_hold_s)
+        stream = SSEStream(request, headers, write_timeout_s=server.sse_write_timeout_s)
         choices = _Choices(base, echo, stream, include_usage)
         try:
-            await choices.start()
-            await drive(
-                sessions, limiters, choices, keepalive_s=app[SETTINGS].server.sse_keepalive_s
-            )
-            await choices.end()
-        except BridgeError as exc:
-            await stream.data(orjson.dumps(exc.envelope()))
-            await stream.done()
-        except ClientGone:
-            request[ACCESS].outcome = "client_disconnected"
+            await stream.open()
+            try:
+                async with overall_deadline(sessions):
+                    await choices.start()
+                    await drive(sessions, limiters, choices, keepalive_s=server.sse_keepalive_s)
+                    await choices.end()
+            except BridgeError as exc:
+                await stream.data(orjson.dumps(exc.envelope()))
+                await stream.done()
+        except ClientGone as gone:
+            # A deadline or failure that came first stays the request's outcome.
+            if request[ACCESS].outcome == "ok":
+                request[ACCESS].outcome = gone.outcome
         return await stream.close()

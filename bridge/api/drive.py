@@ -3,8 +3,11 @@
 Every endpoint hands its sessions (one per choice or prompt), one
 `OutputLimiter` per choice and a `ChoiceSink` that renders its own wire
 shape. A limit hit mid-stream interrupts that choice's turn; its finish is
-reported when the turn has actually ended, with Codex's usage. The first
-failed choice ends the whole request with its error.
+reported when the turn has actually ended, with Codex's usage, except that
+`output_tokens` then counts the text the client received. Reasoning summaries
+pass through untouched (limits apply to the reply only). With a forced tool
+call (`bridge.api.forced`) the reply text is held back and becomes the call.
+The first failed choice ends the whole request with its error.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from collections.abc import Sequence
 from typing import Final, Protocol
 
 from bridge.api.fanout import merged_events
+from bridge.api.forced import ForcedCall
 from bridge.api.limits import OutputLimiter
 from bridge.api.turns import TurnSession
-from bridge.codex.events import Failed, Finished, TextDelta, ToolCall, Usage
+from bridge.codex.events import Failed, Finished, ReasoningDelta, TextDelta, ToolCall, Usage
 
 # Codex finish reasons to OpenAI's; an interrupted turn the bridge did not
 # stop for ended early on Codex's side.
@@ -30,6 +34,7 @@ FINISH_REASONS: Final = {
 
 class ChoiceSink(Protocol):
     async def text(self, index: int, text: str) -> None: ...
+    async def reasoning(self, index: int, delta: ReasoningDelta) -> None: ...
     async def tool_call(self, index: int, call: ToolCall) -> None: ...
     async def finish(self, index: int, reason: str, usage: Usage) -> None: ...
     async def keepalive(self) -> None: ...
@@ -41,6 +46,7 @@ async def drive(
     sink: ChoiceSink,
     *,
     keepalive_s: float | None = None,
+    forced: ForcedCall | None = None,
 ) -> dict[int, list[ToolCall]]:
     """Runs until every choice finished; returns the tool calls its choices are waiting on.
 
@@ -48,6 +54,7 @@ async def drive(
     """
     stopped: dict[int, str] = {}
     waiting: dict[int, list[ToolCall]] = {}
+    held: dict[int, list[str]] = {}
     open_choices = len(sessions)
     async for index, event in merged_events(sessions, keepalive_s=keepalive_s):
         if event is None:
@@ -56,6 +63,12 @@ async def drive(
         limiter = limiters[index]
         if isinstance(event, TextDelta):
             if index in stopped:
+                continue
+            if forced is not None:
+                held.setdefault(index, []).append(event.text)
+                if limiter.active and limiter.feed(event.text)[1] is not None:
+                    stopped[index] = "length"
+                    await sessions[index].interrupt()
                 continue
             if not limiter.active:
                 await sink.text(index, event.text)
@@ -66,25 +79,33 @@ async def drive(
             if reason is not None:
                 stopped[index] = reason
                 await sessions[index].interrupt()
+        elif isinstance(event, ReasoningDelta):
+            await sink.reasoning(index, event)
         elif isinstance(event, Finished):
             usage = event.usage
             reason = stopped.pop(index, None)
-            if reason is None:
+            if reason is not None:
+                # The bridge cut the reply: count what the client received,
+                # whatever Codex counted for the model call it interrupted.
+                usage = dataclasses.replace(usage, output_tokens=limiter.tokens, reasoning_tokens=0)
+            elif forced is not None and event.reason == "stop":
+                call = forced.to_call("".join(held.pop(index, [])), usage)
+                await sink.tool_call(index, call)
+                reason = "tool_calls"
+            else:
                 tail = limiter.flush()
-                if tail:
+                if tail and forced is None:
                     await sink.text(index, tail)
                 reason = FINISH_REASONS[event.reason]
-            elif usage.output_tokens == 0:
-                # Codex reports no usage for a model call it cut short.
-                usage = dataclasses.replace(usage, output_tokens=limiter.tokens)
             await sink.finish(index, reason, usage)
             open_choices -= 1
         elif isinstance(event, ToolCall):
             # Codex asks for one client tool at a time and blocks until it is
-            # answered, so this response ends here; the turn stays parked.
+            # answered, so this response ends here (at most one call per
+            # response: parallel_tool_calls=false holds); the turn stays parked.
             waiting.setdefault(index, []).append(event)
             await sink.tool_call(index, event)
-            await sink.finish(index, "tool_calls", Usage())
+            await sink.finish(index, "tool_calls", event.usage)
             open_choices -= 1
         elif isinstance(event, Failed):
             raise event.error

@@ -1,10 +1,15 @@
 """Several turns as one request: `n` choices, or one choice per legacy prompt.
 
-`open_sessions` admits and starts every turn before the first byte goes out
-(so admission errors are still plain HTTP errors); `merged_events` then
-yields `(choice index, event)` pairs as they come, with `None` events as
-keepalive ticks. A deadline in one choice becomes that choice's `Failed`
-event. With one session it is a straight loop, no tasks.
+`open_sessions` refuses (400) a count that the pool or the caller's key can
+never run at once, then admits every turn (key slot and worker slot) before
+it starts any, so no billed turn runs while the others still wait, and
+admission errors are plain HTTP errors before the first byte. Admission is
+one slot after another: two fan-outs that together want more than is free
+may both wait, but nothing runs until each has all it needs, and the queue
+timeout bounds the wait (429). `merged_events` then yields `(choice index,
+event)` pairs as they come, with `None` events as keepalive ticks. A
+deadline in one choice becomes that choice's `Failed` event. With one
+session it is a straight loop, no tasks.
 """
 
 from __future__ import annotations
@@ -13,26 +18,70 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Final
 
 from aiohttp import web
 
 from bridge.api.turns import TurnSession
+from bridge.appkeys import POOL
 from bridge.codex.events import Failed, Finished, TurnEvent, Usage
 from bridge.codex.turn import TurnRequest
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, InvalidRequest
+from bridge.ops.auth import API_KEY
+
+# Events of all choices read from their turns but not yet consumed by the request.
+MERGED_BACKLOG: Final = 64
+
+
+def check_fanout(request: web.Request, count: int, *, param: str) -> None:
+    """400 when `count` turns could never run at once: waiting for them would only deadlock."""
+    if count <= 1:
+        return
+    pool = request.app[POOL]
+    capacity = len(pool.workers) * pool.max_turns_per_worker
+    what = "n" if param == "n" else "prompts"
+    if count > capacity:
+        raise InvalidRequest(
+            f"This request asks for {count} {what} at once, but this bridge runs at most "
+            f"{capacity} turns at once ({len(pool.workers)} workers x "
+            f"{pool.max_turns_per_worker} turns). Send at most {capacity}.",
+            param=param,
+            code="integer_above_max_value" if param == "n" else "array_above_max_length",
+        )
+    key = request.get(API_KEY)
+    if key is not None and key.max_concurrent is not None and count > key.max_concurrent:
+        raise InvalidRequest(
+            f"This request asks for {count} {what} at once, but API key '{key.name}' may run "
+            f"at most {key.max_concurrent} turns at once. Send at most {key.max_concurrent}.",
+            param=param,
+            code="integer_above_max_value" if param == "n" else "array_above_max_length",
+        )
 
 
 @asynccontextmanager
 async def open_sessions(
-    request: web.Request, turn_requests: Sequence[TurnRequest], *, endpoint: str, stream: bool
+    request: web.Request,
+    turn_requests: Sequence[TurnRequest],
+    *,
+    endpoint: str,
+    stream: bool,
+    param: str = "n",
 ) -> AsyncIterator[list[TurnSession]]:
+    check_fanout(request, len(turn_requests), param=param)
+    sessions = [
+        TurnSession(request, turn_request, endpoint=endpoint, stream=stream)
+        for turn_request in turn_requests
+    ]
     async with AsyncExitStack() as stack:
-        sessions = [
-            await stack.enter_async_context(
-                TurnSession(request, turn_request, endpoint=endpoint, stream=stream)
-            )
-            for turn_request in turn_requests
-        ]
+        if len(sessions) > 1:
+            for session in sessions:
+                # Pushed before admit: a session that fails to start (or is
+                # never started) still gives its slots back; a no-op once
+                # the session itself owns a running turn.
+                stack.push_async_callback(session.release_admission)
+                await session.admit()
+        for session in sessions:
+            await stack.enter_async_context(session)
         yield sessions
 
 
@@ -50,7 +99,9 @@ async def merged_events(
             yield 0, event
             if isinstance(event, Finished | Failed):
                 return
-    queue: asyncio.Queue[tuple[int, TurnEvent]] = asyncio.Queue()
+    # Bounded: when the request stops consuming (a client that does not
+    # read), the pumps wait here and each turn's own bounded inbox fills up.
+    queue: asyncio.Queue[tuple[int, TurnEvent]] = asyncio.Queue(MERGED_BACKLOG)
 
     async def pump(index: int, session: TurnSession) -> None:
         while True:
@@ -59,7 +110,7 @@ async def merged_events(
             except BridgeError as exc:
                 event = Failed(exc, Usage())
             if event is not None:
-                queue.put_nowait((index, event))
+                await queue.put((index, event))
             if isinstance(event, Finished | Failed):
                 return
 

@@ -1,11 +1,18 @@
-"""The outermost middleware: request id, access log line, HTTP metrics.
+"""The outermost middleware (request id, access line, metrics, ledger row) and the body gate.
 
-Honours a sane inbound `X-Request-Id` (Traefik, a client) or mints one,
-binds it to every log line of the request (structlog contextvars), returns
-it as `x-request-id` with `openai-processing-ms`, and writes one access line
-and the HTTP metrics when the request ends — including when the client hung
-up mid-stream. Handlers add what they know (model, tokens, outcome) to the
-request's `AccessRecord`. Logs carry no message content and no secrets.
+`request_context_middleware` honours a sane inbound `X-Request-Id` (Traefik,
+a client) or mints one, binds it to every log line of the request (structlog
+contextvars), returns it as `x-request-id` with `openai-processing-ms`, and
+writes one access line, the HTTP metrics and the usage-ledger row when the
+request ends — including when the client hung up mid-stream. Handlers add
+what they know (model, tokens, outcome) to the request's `AccessRecord`
+(`bridge.ops.access`). Logs carry no message content and no secrets.
+
+`body_read_middleware` runs after authentication and reads the request body
+under a semaphore (`server.max_concurrent_body_reads`), so the bridge holds
+at most that many uploads in memory at once whatever callers send; a request
+that cannot start its read within the admission queue's timeout gets 503
+with `Retry-After`. Handlers then get the body already read.
 """
 
 from __future__ import annotations
@@ -14,14 +21,16 @@ import asyncio
 import re
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any, Final
 
 import structlog
 from aiohttp import web
 
+from bridge.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable
+from bridge.ops.access import ACCESS as ACCESS
+from bridge.ops.access import AccessRecord as AccessRecord
 from bridge.ops.metrics import Metrics
-from bridge.ops.usage import USAGE, UsageRow
+from bridge.ops.usage import USAGE, row_for
 
 log = structlog.get_logger("bridge.access")
 
@@ -31,22 +40,6 @@ _REQUEST_ID_OK: Final = re.compile(r"^[A-Za-z0-9._:\-]+$")
 CLIENT_CLOSED: Final = 499
 
 
-@dataclass(slots=True)
-class AccessRecord:
-    request_id: str
-    started: float
-    model: str | None = None
-    outcome: str = "ok"
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-    ttft_s: float | None = None
-    worker: int | None = None
-    key_name: str | None = None
-
-
-ACCESS: Final = web.RequestKey("access", AccessRecord)
 METRICS: Final = web.AppKey("metrics", Metrics)
 
 
@@ -86,20 +79,9 @@ def _finish(request: web.Request, record: AccessRecord, status: int) -> None:
     metrics = request.app[METRICS]
     metrics.http_requests.labels(route, request.method, str(status)).inc()
     ledger = request.app.get(USAGE)
-    if ledger is not None and record.model is not None and record.prompt_tokens is not None:
-        ledger.record(
-            UsageRow(
-                ts=time.time(),
-                key_name=record.key_name or "anonymous",
-                model=record.model,
-                endpoint=route,
-                status=status,
-                input_tokens=record.prompt_tokens,
-                cached_tokens=record.cached_tokens,
-                output_tokens=record.completion_tokens or 0,
-                reasoning_tokens=record.reasoning_tokens,
-            )
-        )
+    row = row_for(record, route, status)
+    if ledger is not None and row is not None:
+        ledger.record(row)
     metrics.http_duration.labels(route, request.method).observe(elapsed)
     if route in ("/healthz", "/readyz", "/metrics") and status < 400:
         return  # probes every few seconds would drown the access log
@@ -128,3 +110,61 @@ async def add_response_headers(request: web.Request, response: web.StreamRespons
     response.headers["openai-processing-ms"] = str(
         int((time.perf_counter() - record.started) * 1000)
     )
+
+
+class BodyReads:
+    """At most `limit` request bodies are read at once; a read waits at most `wait_s` to start."""
+
+    def __init__(self, limit: int, wait_s: float) -> None:
+        self._slots = asyncio.Semaphore(limit)
+        self.wait_s = wait_s
+        self.in_use = 0
+
+    async def read(self, request: web.Request) -> None:
+        try:
+            async with asyncio.timeout(self.wait_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise ServiceUnavailable(
+                "The bridge is reading too many request bodies at once; retry shortly.",
+                code="server_busy",
+                retry_after=BODY_READ_RETRY_AFTER_S,
+            ) from None
+        self.in_use += 1
+        try:
+            async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+                await request.read()  # cached: the handler's own read() returns these bytes
+        except TimeoutError:
+            raise InvalidRequest(
+                f"The request body did not arrive within {BODY_READ_TIMEOUT_S:g}s.",
+                code="body_timeout",
+            ) from None
+        finally:
+            self.in_use -= 1
+            self._slots.release()
+
+
+BODY_READS: Final = web.AppKey("body_reads", BodyReads)
+# A slow upload holds a body-read slot; past this it is cut so a few slow
+# clients cannot hold every slot (Traefik's own readTimeout is 60 s too).
+BODY_READ_TIMEOUT_S: Final = 60.0
+# Body slots free up as fast as uploads arrive: a short retry is right.
+BODY_READ_RETRY_AFTER_S: Final = 1.0
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+
+
+@web.middleware
+async def body_read_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Reads the body of a routed request under the body-read bound, after authentication."""
+    if (
+        request.method in _BODY_METHODS
+        and request.can_read_body
+        and request.match_info.http_exception is None
+    ):
+        limit = request.app._client_max_size
+        if request.content_length is not None and request.content_length > limit:
+            # Refused from the header alone: nothing of it is read.
+            raise PayloadTooLarge(f"Request body is too large (limit {limit} bytes).")
+        await request.app[BODY_READS].read(request)
+    response: web.StreamResponse = await handler(request)
+    return response

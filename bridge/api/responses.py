@@ -1,27 +1,37 @@
-"""`POST /v1/responses` and `GET /v1/responses/{id}`: the Responses API over Codex turns.
+"""`POST /v1/responses`: the Responses API over Codex turns.
 
 Input items become a conversation (`bridge.api.conversation`), the turn runs
 in a `TurnSession`, and `ResponseRenderer` turns its events into the
 `response` object or the typed SSE event sequence. With `store` (OpenAI's
-default) the response is saved with its Codex thread, and a later
-`previous_response_id` forks that thread so nothing is re-sent.
+default) the response is saved, owned by the caller's key, with its input
+items and its Codex thread before its final event or body is sent, and a
+later `previous_response_id` from the same key forks that thread so nothing
+is re-sent. Reading, listing, deleting and counting are
+`bridge.api.stored_responses`.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
 from bridge.api.chat import park_waiting, single_session, trailing_tool_outputs
-from bridge.api.conversation import Item, Said, build_turn_request, image_url, tool_choice_hint
+from bridge.api.conversation import (
+    ImageRef,
+    Item,
+    Said,
+    build_turn_request,
+    image_url,
+    with_checked_images,
+)
 from bridge.api.drive import drive
 from bridge.api.fanout import open_sessions
+from bridge.api.forced import ForcedCall, ToolChoice, plan_tools
 from bridge.api.limits import OutputLimiter
 from bridge.api.middleware import ACCESS
-from bridge.api.pending import PENDING
+from bridge.api.pending import PENDING, owner_of
 from bridge.api.responses_render import Frame, ResponseEcho, ResponseRenderer
 from bridge.api.schemas import (
     FlatFunctionTool,
@@ -38,13 +48,13 @@ from bridge.api.schemas import (
     ResponseCreateRequest,
 )
 from bridge.api.sse import ClientGone, SSEStream
-from bridge.api.turns import TurnSession
+from bridge.api.stored_responses import Persist, input_items_of, saver
+from bridge.api.turns import TurnSession, caller_of, hold_headers, overall_deadline
 from bridge.api.validation import ignored_params_headers, parse_json_body
 from bridge.appkeys import CATALOG, SETTINGS, STORE
-from bridge.codex.events import ToolCall, Usage
+from bridge.codex.events import ReasoningDelta, ToolCall, Usage
 from bridge.codex.turn import HistoryToolCall, HistoryToolOutput, ToolSpec
 from bridge.errors import BridgeError, InvalidRequest, NotFound
-from bridge.store import StoredResponse
 
 # Items Codex CLI and others send back that carry nothing the model needs here.
 _SKIPPED_ITEMS: Final = frozenset({"reasoning", "item_reference"})
@@ -70,7 +80,7 @@ def conversation_of(req: ResponseCreateRequest) -> list[Item]:
                 said.append(Said(item.role, item.content))
                 continue
             texts: list[str] = []
-            images: list[str] = []
+            images: list[ImageRef] = []
             for j, part in enumerate(item.content):
                 if isinstance(part, Refusal):
                     texts.append(part.refusal)
@@ -93,14 +103,14 @@ def conversation_of(req: ResponseCreateRequest) -> list[Item]:
     return said
 
 
-def tools_of(req: ResponseCreateRequest) -> tuple[list[ToolSpec], str | None, list[str]]:
-    """Function tools for Codex, a tool_choice hint, and the built-in tool types ignored.
+def tools_of(req: ResponseCreateRequest) -> tuple[list[ToolSpec], list[str]]:
+    """Function tools for Codex, and the built-in tool types ignored.
 
     Built-in tool types (web_search, namespace, ...) are ignored and reported,
     not refused: Codex CLI sends them when it uses the bridge as its provider.
     """
     if not req.tools or req.tool_choice == "none":
-        return [], None, []
+        return [], []
     specs: list[ToolSpec] = []
     ignored: list[str] = []
     for tool in req.tools:
@@ -114,9 +124,64 @@ def tools_of(req: ResponseCreateRequest) -> tuple[list[ToolSpec], str | None, li
             )
         else:
             ignored.append(f"tools:{tool.type}")
-    choice = req.tool_choice
-    named = str(choice["name"]) if isinstance(choice, dict) and choice.get("name") else None
-    return specs, tool_choice_hint(choice, named), ignored
+    return specs, ignored
+
+
+def tool_choice_of(choice: object) -> ToolChoice | None:
+    """The choice over function tools; None for a built-in tool's choice (ignored, reported)."""
+    if choice in ("none", "required"):
+        return ToolChoice(choice)
+    if not isinstance(choice, dict):
+        return ToolChoice()
+    if choice.get("type") == "function":
+        name = choice.get("name")
+        if not isinstance(name, str):
+            raise InvalidRequest(
+                "'tool_choice' of type 'function' needs the function's 'name'.",
+                param="tool_choice.name",
+                code="missing_required_parameter",
+            )
+        return ToolChoice("required", (name,))
+    if choice.get("type") == "allowed_tools":
+        mode = choice.get("mode")
+        tools = choice.get("tools")
+        if mode not in ("auto", "required") or not isinstance(tools, list):
+            raise InvalidRequest(
+                "'tool_choice' of type 'allowed_tools' needs 'mode' ('auto' or 'required') "
+                "and 'tools'.",
+                param="tool_choice",
+                code="invalid_value",
+            )
+        names = [t.get("name") for t in tools if isinstance(t, dict)]
+        if len(names) != len(tools) or not all(isinstance(n, str) for n in names):
+            raise InvalidRequest(
+                "'tool_choice.tools' lists functions as objects of type 'function' with a 'name'.",
+                param="tool_choice.tools",
+                code="invalid_value",
+            )
+        return ToolChoice(mode, tuple(str(n) for n in names))
+    return None
+
+
+def _was_forced(body: dict[str, Any]) -> bool:
+    """Whether a stored response's tool_choice made the bridge force its call."""
+    choice = body.get("tool_choice")
+    if not isinstance(choice, dict):
+        return choice == "required"
+    kind = choice.get("type")
+    return kind == "function" or (kind == "allowed_tools" and choice.get("mode") == "required")
+
+
+def _with_forced_calls(conversation: list[Item], body: dict[str, Any]) -> list[Item]:
+    calls: list[Item] = [
+        HistoryToolCall(str(item["call_id"]), str(item["name"]), str(item["arguments"]))
+        for item in body.get("output") or []
+        if isinstance(item, dict) and item.get("type") == "function_call"
+    ]
+    tail = len(conversation)
+    while tail and isinstance(conversation[tail - 1], HistoryToolOutput):
+        tail -= 1
+    return [*conversation[:tail], *calls, *conversation[tail:]]
 
 
 def _check_supported(req: ResponseCreateRequest) -> None:
@@ -135,35 +200,54 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     req = parse_json_body(await request.read(), ResponseCreateRequest)
     entry = app[CATALOG].resolve(req.model)
     _check_supported(req)
+    input_items = input_items_of(req) if req.store is not False else []
     store = app[STORE]
     keep = req.store is not False
     continue_from = None
+    previous_body: dict[str, Any] | None = None
     if req.previous_response_id:
-        previous = await store.get(req.previous_response_id)
+        # Another key's response is as absent as one that never existed.
+        previous = await store.get(req.previous_response_id, caller_of(request))
         if previous is None or previous.thread_id is None or previous.turn_id is None:
             raise NotFound(
                 f"Previous response with id '{req.previous_response_id}' not found.",
                 param="previous_response_id",
             )
         continue_from = (previous.thread_id, previous.turn_id)
+        previous_body = previous.body
     output_schema = None
     if req.text and isinstance(req.text.format, FormatJSONSchema):
         output_schema = req.text.format.schema_
-    tools, hint, ignored_tools = tools_of(req)
-    conversation = conversation_of(req)
+    tools, ignored_tools = tools_of(req)
+    choice = tool_choice_of(req.tool_choice)
+    plan = plan_tools(tools, choice or ToolChoice())
+    if plan.forced is not None:
+        # A forced call's reply is the call; text.format shapes text replies.
+        output_schema = plan.forced.schema
+    summary = (req.reasoning.summary or req.reasoning.generate_summary) if req.reasoning else None
+    # Images are measured (and remote ones fetched) before any worker sees them.
+    conversation = await with_checked_images(
+        conversation_of(req), app[SETTINGS].images, param="input"
+    )
     outputs = trailing_tool_outputs(conversation)
-    parked = app[PENDING].claim(outputs) if outputs else None
+    parked = app[PENDING].claim(outputs, owner_of(request, "responses")) if outputs else None
     if parked is None and req.previous_response_id and outputs:
         # Tool results for a response whose turn is gone: continue from its
         # thread, where the model's function call already is.
         conversation = [item for item in conversation if not isinstance(item, HistoryToolCall)]
-    instructions = "\n\n".join(filter(None, [req.instructions, hint])) or None
+        if previous_body is not None and _was_forced(previous_body):
+            # A forced call's thread holds the structured reply, not a call:
+            # the call comes from the stored response, ahead of its results.
+            conversation = _with_forced_calls(conversation, previous_body)
+    instructions = req.instructions or None
     turn_request = build_turn_request(
         conversation,
         codex_model=entry.codex_model,
         instructions=instructions,
-        tools=tools,
+        tools=plan.tools,
         effort=(req.reasoning.effort if req.reasoning else None) or entry.effort,
+        # OpenAI returns a reasoning summary only when asked for one.
+        reasoning_summary=summary or "none",
         output_schema=output_schema,
         param="input",
         persist=keep,
@@ -176,19 +260,27 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         previous_response_id=req.previous_response_id,
         store=keep,
         metadata=dict(req.metadata or {}),
-        text=req.text.model_dump(by_alias=True, exclude_none=True)
-        if req.text and req.text.format
-        else {"format": {"type": "text"}},
+        text={
+            "format": {"type": "text"},
+            **(req.text.model_dump(by_alias=True, exclude_none=True) if req.text else {}),
+        },
+        tools=[tool.model_dump(by_alias=True, exclude_none=True) for tool in req.tools or []],
+        tool_choice=req.tool_choice if req.tool_choice is not None else "auto",
+        reasoning={
+            "effort": None,
+            "summary": None,
+            **(req.reasoning.model_dump(exclude_none=True) if req.reasoning else {}),
+        },
         reasoning_effort=req.reasoning.effort if req.reasoning else None,
         temperature=req.temperature,
         top_p=req.top_p,
         user=req.user,
         parallel_tool_calls=req.parallel_tool_calls is not False,
     )
-    renderer = ResponseRenderer(echo)
+    renderer = ResponseRenderer(echo, summaries=summary is not None)
     ignored = [*req.ignored_params(), *ignored_tools]
-    if req.tool_choice not in (None, "auto", "none"):
-        ignored.append("tool_choice")  # asked of the model, not enforced
+    if choice is None:
+        ignored.append("tool_choice")  # a built-in tool's choice: none of those run here
     headers = ignored_params_headers(ignored)
     request[ACCESS].model = req.model
     limiters = [OutputLimiter((), req.max_output_tokens)]
@@ -202,36 +294,36 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     else:
         sessions_cm = open_sessions(request, [turn_request], endpoint="responses", stream=stream)
     async with sessions_cm as sessions:
+        # Stored before the final event or body goes out: a client that
+        # continues the moment it sees the end must find the response.
+        persist = saver(request, renderer, sessions[0], input_items) if keep else None
         if req.stream:
-            response, waiting = await _stream(request, sessions, limiters, renderer, headers)
+            response, waiting = await _stream(
+                request, sessions, limiters, renderer, headers, forced=plan.forced, persist=persist
+            )
         else:
-            waiting = await drive(sessions, limiters, _Sink(renderer, None))
+            async with overall_deadline(sessions):
+                waiting = await drive(
+                    sessions, limiters, _Sink(renderer, None, persist), forced=plan.forced
+                )
             response = web.Response(
                 body=orjson.dumps(renderer.response_object()),
                 content_type="application/json",
                 headers=headers,
             )
-        thread_id, turn_id = sessions[0].thread_and_turn()
         park_waiting(app[PENDING], sessions, waiting)
-    if keep and renderer.status in ("completed", "incomplete"):
-        await store.put(
-            StoredResponse(
-                id=renderer.id,
-                thread_id=thread_id,
-                turn_id=turn_id,
-                created_at=time.time(),
-                body=renderer.response_object(),
-            )
-        )
     return response
 
 
 class _Sink:
     """ChoiceSink over the renderer; writes its frames when streaming."""
 
-    def __init__(self, renderer: ResponseRenderer, stream: SSEStream | None) -> None:
+    def __init__(
+        self, renderer: ResponseRenderer, stream: SSEStream | None, persist: Persist | None = None
+    ) -> None:
         self._renderer = renderer
         self._stream = stream
+        self._persist = persist
 
     async def send(self, frames: list[Frame]) -> None:
         if self._stream is not None:
@@ -241,14 +333,20 @@ class _Sink:
     async def text(self, index: int, text: str) -> None:
         await self.send(self._renderer.text(text))
 
+    async def reasoning(self, index: int, delta: ReasoningDelta) -> None:
+        await self.send(self._renderer.reasoning(delta.text, delta.item, delta.part))
+
     async def tool_call(self, index: int, call: ToolCall) -> None:
         await self.send(self._renderer.function_call(call.call_id, call.name, call.arguments))
 
     async def finish(self, index: int, reason: str, usage: Usage) -> None:
         if reason == "length":
-            await self.send(self._renderer.incomplete(usage, "max_output_tokens"))
+            frames = self._renderer.incomplete(usage, "max_output_tokens")
         else:
-            await self.send(self._renderer.complete(usage))
+            frames = self._renderer.complete(usage)
+        if self._persist is not None:
+            await self._persist()
+        await self.send(frames)
 
     async def keepalive(self) -> None:
         if self._stream is not None:
@@ -261,28 +359,28 @@ async def _stream(
     limiters: list[OutputLimiter],
     renderer: ResponseRenderer,
     headers: dict[str, str],
+    *,
+    forced: ForcedCall | None = None,
+    persist: Persist | None = None,
 ) -> tuple[web.StreamResponse, dict[int, list[ToolCall]]]:
-    stream = SSEStream(request, headers)
-    await stream.open()
-    sink = _Sink(renderer, stream)
+    server = request.app[SETTINGS].server
+    # A failure before any content is still a plain HTTP error.
+    await hold_headers(sessions, server.stream_header_hold_s)
+    stream = SSEStream(request, headers, write_timeout_s=server.sse_write_timeout_s)
+    sink = _Sink(renderer, stream, persist)
     waiting: dict[int, list[ToolCall]] = {}
     try:
-        await sink.send(renderer.start())
+        await stream.open()
         try:
-            waiting = await drive(
-                sessions, limiters, sink, keepalive_s=request.app[SETTINGS].server.sse_keepalive_s
-            )
+            async with overall_deadline(sessions):
+                await sink.send(renderer.start())
+                waiting = await drive(
+                    sessions, limiters, sink, keepalive_s=server.sse_keepalive_s, forced=forced
+                )
         except BridgeError as exc:
             await sink.send(renderer.fail(exc, None))
-    except ClientGone:
-        request[ACCESS].outcome = "client_disconnected"
+    except ClientGone as gone:
+        # A deadline or failure that came first stays the request's outcome.
+        if request[ACCESS].outcome == "ok":
+            request[ACCESS].outcome = gone.outcome
     return await stream.close(), waiting
-
-
-async def get_response(request: web.Request) -> web.Response:
-    response_id = request.match_info["response_id"]
-    record = await request.app[STORE].get(response_id)
-    if record is None:
-        raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
-    body: dict[str, Any] = record.body
-    return web.Response(body=orjson.dumps(body), content_type="application/json")

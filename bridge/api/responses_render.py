@@ -5,7 +5,9 @@
 (response.created, response.in_progress, output_item.added,
 content_part.added, output_text.delta..., output_text.done,
 content_part.done, output_item.done, then response.completed / .incomplete /
-.failed) and builds the final `response` object that the non-streaming path
+.failed; a reasoning summary is its own `reasoning` item before the text,
+with reasoning_summary_part.added, reasoning_summary_text.delta...,
+reasoning_summary_text.done, reasoning_summary_part.done per part) and builds the final `response` object that the non-streaming path
 returns. Knows Responses shapes and turn events; knows no JSON-RPC and no
 aiohttp.
 """
@@ -29,6 +31,10 @@ def response_id() -> str:
 
 def message_id() -> str:
     return "msg_" + secrets.token_hex(24)
+
+
+def reasoning_id() -> str:
+    return "rs_" + secrets.token_hex(24)
 
 
 def response_error_code(error: BridgeError) -> str:
@@ -68,6 +74,8 @@ class ResponseEcho:
     tool_choice: Any = "auto"
     parallel_tool_calls: bool = True
     reasoning_effort: str | None = None
+    reasoning: dict[str, Any] | None = None
+    """The request's `reasoning` object as sent; None renders effort only."""
     temperature: float | None = None
     top_p: float | None = None
     user: str | None = None
@@ -78,7 +86,11 @@ Frame = tuple[str, bytes]
 
 
 class ResponseRenderer:
-    def __init__(self, echo: ResponseEcho, *, rid: str | None = None) -> None:
+    def __init__(
+        self, echo: ResponseEcho, *, rid: str | None = None, summaries: bool = False
+    ) -> None:
+        self._summaries = summaries
+        """Whether the request asked for reasoning summaries (OpenAI sends none unasked)."""
         self.id = rid or response_id()
         self.created_at = int(time.time())
         self._echo = echo
@@ -93,6 +105,11 @@ class ResponseRenderer:
         self._message: dict[str, Any] | None = None
         self._text: list[str] = []
         self._delta_prefix = b""
+        # The open reasoning item, if a summary is streaming into one: Codex's
+        # (item, part) it belongs to, and the texts of its parts so far.
+        self._reasoning: dict[str, Any] | None = None
+        self._reasoning_at: tuple[str, int] = ("", 0)
+        self._parts: list[list[str]] = []
 
     # -- whole-object view -------------------------------------------------------------
     def response_object(self) -> dict[str, Any]:
@@ -116,7 +133,11 @@ class ResponseRenderer:
             "output": self.output,
             "parallel_tool_calls": e.parallel_tool_calls,
             "previous_response_id": e.previous_response_id,
-            "reasoning": {"effort": e.reasoning_effort, "summary": None},
+            "reasoning": (
+                e.reasoning
+                if e.reasoning is not None
+                else {"effort": e.reasoning_effort, "summary": None}
+            ),
             "service_tier": "default",
             "store": e.store,
             "temperature": e.temperature if e.temperature is not None else 1.0,
@@ -145,6 +166,7 @@ class ResponseRenderer:
     def text(self, delta: str) -> list[Frame]:
         frames: list[Frame] = []
         if self._message is None:
+            frames.extend(self._close_reasoning())
             frames.extend(self._open_message())
         self._text.append(delta)
         # Hot path: only the delta and the sequence number vary.
@@ -191,7 +213,7 @@ class ResponseRenderer:
             ),
         ]
 
-    def _close_message(self) -> list[Frame]:
+    def _close_message(self, status: str = "completed") -> list[Frame]:
         message = self._message
         if message is None:
             return []
@@ -200,7 +222,7 @@ class ResponseRenderer:
         text = "".join(self._text)
         part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
         message["content"] = [part]
-        message["status"] = "completed"
+        message["status"] = status
         item_id = message["id"]
         return [
             self._event(
@@ -220,9 +242,82 @@ class ResponseRenderer:
             self._event("response.output_item.done", {"output_index": index, "item": message}),
         ]
 
+    # -- reasoning summary ----------------------------------------------------------------
+    def reasoning(self, delta: str, item: str, part: int) -> list[Frame]:
+        """A piece of the reasoning summary; dropped unless the request asked for summaries."""
+        if not self._summaries:
+            return []
+        frames = self._close_message()
+        if self._reasoning is not None and item != self._reasoning_at[0]:
+            frames.extend(self._close_reasoning())
+        if self._reasoning is None:
+            frames.extend(self._open_reasoning())
+            frames.extend(self._open_part())
+        elif part != self._reasoning_at[1]:
+            frames.extend(self._close_part())
+            frames.extend(self._open_part())
+        self._reasoning_at = (item, part)
+        self._parts[-1].append(delta)
+        frames.append(
+            self._event(
+                "response.reasoning_summary_text.delta", {**self._part_ref(), "delta": delta}
+            )
+        )
+        return frames
+
+    def _open_reasoning(self) -> list[Frame]:
+        self._reasoning = {"id": reasoning_id(), "type": "reasoning", "summary": []}
+        self._parts = []
+        self.output.append(self._reasoning)
+        item = {**self._reasoning, "summary": []}
+        return [
+            self._event(
+                "response.output_item.added", {"output_index": len(self.output) - 1, "item": item}
+            )
+        ]
+
+    def _part_ref(self) -> dict[str, Any]:
+        assert self._reasoning is not None
+        return {
+            "item_id": self._reasoning["id"],
+            "output_index": self.output.index(self._reasoning),
+            "summary_index": len(self._parts) - 1,
+        }
+
+    def _open_part(self) -> list[Frame]:
+        self._parts.append([])
+        part = {"type": "summary_text", "text": ""}
+        return [
+            self._event("response.reasoning_summary_part.added", {**self._part_ref(), "part": part})
+        ]
+
+    def _close_part(self) -> list[Frame]:
+        assert self._reasoning is not None
+        text = "".join(self._parts[-1])
+        part = {"type": "summary_text", "text": text}
+        self._reasoning["summary"].append(part)
+        ref = self._part_ref()
+        return [
+            self._event("response.reasoning_summary_text.done", {**ref, "text": text}),
+            self._event("response.reasoning_summary_part.done", {**ref, "part": dict(part)}),
+        ]
+
+    def _close_reasoning(self) -> list[Frame]:
+        item = self._reasoning
+        if item is None:
+            return []
+        frames = self._close_part()
+        self._reasoning = None
+        index = self.output.index(item)
+        frames.append(
+            self._event("response.output_item.done", {"output_index": index, "item": item})
+        )
+        return frames
+
+    # -- function calls --------------------------------------------------------------------
     def function_call(self, call_id: str, name: str, arguments: str) -> list[Frame]:
         """A complete function call item (added, argument deltas, done)."""
-        frames = self._close_message()
+        frames = self._close_reasoning() + self._close_message()
         index = len(self.output)
         item_id = "fc_" + secrets.token_hex(24)
         item = {
@@ -257,7 +352,7 @@ class ResponseRenderer:
         return frames
 
     def complete(self, usage: Usage) -> list[Frame]:
-        frames = self._close_message()
+        frames = self._close_reasoning() + self._close_message()
         self.usage = usage
         self.status = "completed"
         self.completed_at = int(time.time())
@@ -265,10 +360,8 @@ class ResponseRenderer:
         return frames
 
     def incomplete(self, usage: Usage, reason: str) -> list[Frame]:
-        frames = self._close_message()
-        if frames:
-            # The cut-off message is itself incomplete.
-            self.output[-1]["status"] = "incomplete"
+        # The cut-off message is itself incomplete.
+        frames = self._close_reasoning() + self._close_message("incomplete")
         self.usage = usage
         self.status = "incomplete"
         self.incomplete_reason = reason
@@ -276,7 +369,8 @@ class ResponseRenderer:
         return frames
 
     def fail(self, error: BridgeError, usage: Usage | None) -> list[Frame]:
-        frames = self._close_message()
+        # A message the failure cut short is incomplete, not completed.
+        frames = self._close_reasoning() + self._close_message("incomplete")
         self.usage = usage
         self.status = "failed"
         self.error = {"code": response_error_code(error), "message": error.message}

@@ -169,6 +169,19 @@ class OtherTool(_Model):
     type: str
 
 
+def _tool_kind(tool: Any) -> str:
+    # A tool of type "function" is validated as one, so a bad function name is
+    # reported as such, not as an unsupported tool type.
+    kind = tool.get("type") if isinstance(tool, dict) else getattr(tool, "type", None)
+    return "function" if kind == "function" else "other"
+
+
+ChatTool = Annotated[
+    Annotated[FunctionTool, Tag("function")] | Annotated[OtherTool, Tag("other")],
+    Discriminator(_tool_kind),
+]
+
+
 class NamedFunction(_Model):
     name: str
 
@@ -243,7 +256,7 @@ class ChatCompletionRequest(_Request):
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
-    tools: list[FunctionTool | OtherTool] | None = None
+    tools: list[ChatTool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     functions: list[FunctionDefinition] | None = None
@@ -374,6 +387,12 @@ class FlatFunctionTool(_Model):
     strict: bool | None = None
 
 
+ResponsesTool = Annotated[
+    Annotated[FlatFunctionTool, Tag("function")] | Annotated[OtherTool, Tag("other")],
+    Discriminator(_tool_kind),
+]
+
+
 class FormatText(_Model):
     type: Literal["text"]
 
@@ -417,7 +436,7 @@ class ResponseCreateRequest(_Request):
     store: bool | None = None
     stream: bool | None = None
     stream_options: ResponsesStreamOptions | None = None
-    tools: list[FlatFunctionTool | OtherTool] | None = None
+    tools: list[ResponsesTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     max_tool_calls: Annotated[int, Field(ge=1)] | None = None
@@ -437,3 +456,10 @@ class ResponseCreateRequest(_Request):
     service_tier: str | None = None
     background: bool | None = None
     prompt: dict[str, Any] | None = None
+
+
+class InputTokensRequest(ResponseCreateRequest):
+    """`POST /v1/responses/input_tokens`: a Responses request to count, not to run."""
+
+    model: Annotated[str, Field(min_length=1)] | None = None  # type: ignore[assignment]
+    input: str | list[InputItem] | None = None  # type: ignore[assignment]

@@ -1,17 +1,26 @@
-"""Server-sent events on an aiohttp StreamResponse: framing, keepalives, disconnects.
+"""Server-sent events on an aiohttp StreamResponse: framing, keepalives, disconnects, stalls.
 
 Frames are written one per `write` (aiohttp applies backpressure). A write to
-a client that went away raises `ClientGone`, which handlers treat as the end
-of the request (their turn is interrupted on the way out). Knows SSE framing;
-knows no OpenAI object shapes.
+a client that went away raises `ClientGone`; a write that waits longer than
+`server.sse_write_timeout_s` for a client that does not read raises
+`ClientStalled` (a `ClientGone`). Handlers treat both as the end of the
+request: their turn is interrupted and its slot freed on the way out, and
+`close()` then drops the connection instead of waiting to flush it. A write
+cancelled while it waited (the request's overall deadline) marks the stream
+stalled too, so no later frame waits again. Knows SSE framing; knows no
+OpenAI object shapes.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
-from typing import Final
+from typing import ClassVar, Final
 
+import structlog
 from aiohttp import web
+
+log = structlog.get_logger("bridge.sse")
 
 SSE_HEADERS: Final = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -21,27 +30,82 @@ SSE_HEADERS: Final = {
 }
 KEEPALIVE_FRAME: Final = b": keepalive\n\n"
 DONE_FRAME: Final = b"data: [DONE]\n\n"
+# Bytes a chunked-encoding frame adds around its data (size line and CRLFs).
+_CHUNK_OVERHEAD: Final = 32
 
 
 class ClientGone(Exception):
     """The HTTP client closed the connection while we were streaming."""
 
+    outcome: ClassVar[str] = "client_disconnected"
+
+
+class ClientStalled(ClientGone):
+    """The HTTP client stopped reading: a write waited past `server.sse_write_timeout_s`."""
+
+    outcome: ClassVar[str] = "client_stalled"
+
 
 class SSEStream:
-    def __init__(self, request: web.Request, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        request: web.Request,
+        headers: Mapping[str, str] | None = None,
+        *,
+        write_timeout_s: float,
+    ) -> None:
         self._request = request
         self._response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **(headers or {})})
+        self._write_timeout_s = write_timeout_s
+        self._high_water = 0
+        self._stalled = False
         self.frames = 0
 
     async def open(self) -> None:
-        await self._response.prepare(self._request)
+        """Sends the status line and headers."""
+        try:
+            async with asyncio.timeout(self._write_timeout_s):
+                await self._response.prepare(self._request)
+        except TimeoutError as exc:
+            raise self._stall() from exc
+        except (ConnectionResetError, RuntimeError) as exc:
+            raise ClientGone() from exc
+        transport = self._request.transport
+        if transport is not None:
+            self._high_water = transport.get_write_buffer_limits()[1]
+
+    def _has_room(self, size: int) -> bool:
+        """True when a write of `size` bytes cannot wait: the transport takes it unpaused."""
+        transport = self._request.transport
+        if transport is None or self._request.protocol.writing_paused:
+            return False
+        return transport.get_write_buffer_size() + size + _CHUNK_OVERHEAD <= self._high_water
 
     async def _write(self, frame: bytes) -> None:
+        if self._stalled:
+            raise ClientStalled()
         try:
-            await self._response.write(frame)
+            if self._has_room(len(frame)):
+                # The delta path: this write cannot wait, so no timer is armed.
+                await self._response.write(frame)
+            else:
+                async with asyncio.timeout(self._write_timeout_s):
+                    await self._response.write(frame)
+        except TimeoutError as exc:
+            raise self._stall() from exc
+        except asyncio.CancelledError:
+            # A deadline (or the client leaving) cut a write that waited for
+            # the client: any further frame would wait the same way.
+            self._stalled = True
+            raise
         except (ConnectionResetError, RuntimeError) as exc:
             raise ClientGone() from exc
         self.frames += 1
+
+    def _stall(self) -> ClientStalled:
+        self._stalled = True
+        log.warning("client stopped reading its stream", write_timeout_s=self._write_timeout_s)
+        return ClientStalled()
 
     async def data(self, payload: bytes) -> None:
         await self._write(b"data: " + payload + b"\n\n")
@@ -56,8 +120,21 @@ class SSEStream:
         await self._write(DONE_FRAME)
 
     async def close(self) -> web.StreamResponse:
-        try:
-            await self._response.write_eof()
-        except (ConnectionResetError, RuntimeError):
-            pass
+        """Ends the stream; a stalled client's connection is dropped, not flushed."""
+        if not self._response.prepared:
+            return self._response  # never opened: aiohttp answers (or finds the client gone)
+        if not self._stalled:
+            try:
+                async with asyncio.timeout(self._write_timeout_s):
+                    await self._response.write_eof()
+            except TimeoutError:
+                self._stalled = True
+            except (ConnectionResetError, RuntimeError):
+                pass
+        if self._stalled:
+            # Frames still buffered for a client that does not read would keep
+            # the socket (and a flush that never ends) alive: drop them.
+            transport = self._request.transport
+            if transport is not None:
+                transport.abort()
         return self._response

@@ -1,5 +1,7 @@
 """Request bodies to validated models, and pydantic errors to OpenAI's 400s.
 
+`ignored_params_headers` names what was accepted but not acted on, in a
+header that client-chosen field names can never break or bloat.
 `parse_json_body` parses with orjson and validates; the first validation
 error becomes an `InvalidRequest` with OpenAI's code (`missing_required_parameter`,
 `invalid_type`, `invalid_value`, `decimal_above_max_value`, ...) and the
@@ -10,6 +12,7 @@ client's own JSON.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -46,11 +49,36 @@ _EXPECTED: Final = {
 
 
 IGNORED_PARAMS_HEADER: Final = "x-codex-bridge-ignored-params"
+# Field names come from the client: only these characters reach a header
+# (no CR/LF, no separators), each name bounded...
+_SAFE_NAME: Final = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,64}")
+# ...and the header bounded too, so 5000 unknown fields stay one small header.
+IGNORED_PARAMS_MAX_NAMES: Final = 20
+IGNORED_PARAMS_MAX_BYTES: Final = 1024
 
 
 def ignored_params_headers(names: list[str]) -> dict[str, str]:
-    """The response header naming what was accepted but not acted on (never silently claimed)."""
-    return {IGNORED_PARAMS_HEADER: ",".join(names)} if names else {}
+    """The response header naming what was accepted but not acted on (never silently claimed).
+
+    Names that are not plain parameter names, and any past the count or byte
+    cap, are summed up in a trailing `+N more` marker instead of being named.
+    """
+    unique = list(dict.fromkeys(names))
+    shown: list[str] = []
+    size = 0
+    for name in unique:
+        if len(shown) == IGNORED_PARAMS_MAX_NAMES:
+            break
+        if not _SAFE_NAME.fullmatch(name):
+            continue
+        if size + len(name) + 1 > IGNORED_PARAMS_MAX_BYTES:
+            break
+        shown.append(name)
+        size += len(name) + 1
+    hidden = len(unique) - len(shown)
+    if hidden:
+        shown.append(f"+{hidden} more")
+    return {IGNORED_PARAMS_HEADER: ",".join(shown)} if shown else {}
 
 
 def parse_json_body(raw: bytes, model: type[T]) -> T:
@@ -133,7 +161,14 @@ def to_invalid_request(exc: ValidationError, data: Any) -> InvalidRequest:
             param=param,
             code="invalid_type",
         )
-    if kind in ("literal_error", "enum", "string_pattern_mismatch"):
+    if kind == "string_pattern_mismatch":
+        return InvalidRequest(
+            f"Invalid '{param}': string does not match pattern. Expected a string that "
+            f"matches the pattern '{ctx.get('pattern')}'.",
+            param=param,
+            code="invalid_value",
+        )
+    if kind in ("literal_error", "enum"):
         supported = f" Supported values are: {ctx['expected']}." if "expected" in ctx else ""
         return InvalidRequest(
             f"Invalid value: '{value}'.{supported}", param=param, code="invalid_value"

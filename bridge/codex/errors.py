@@ -5,19 +5,21 @@ Knows Codex's error vocabulary and the bridge error tree; nothing about HTTP.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from bridge.errors import (
     BridgeError,
     ContextLengthExceeded,
     QuotaExceeded,
     RateLimited,
-    ServiceUnavailable,
     UpstreamFailed,
     UpstreamUnauthorized,
+    WorkerOverloaded,
 )
 
 _GENERIC_UPSTREAM = "The model provider failed to produce a response."
+# What an overloaded worker or provider tells the client to wait before retrying.
+OVERLOAD_RETRY_AFTER_S: Final = 1.0
 
 
 def error_from_codex(error: Any) -> BridgeError:
@@ -34,7 +36,7 @@ def error_from_codex(error: Any) -> BridgeError:
     if kind == "rateLimitExceeded" or http_status == 429:
         return RateLimited(message, retry_after=1)
     if kind in ("serverOverloaded", "flexUnavailable"):
-        return ServiceUnavailable(message, code="server_is_overloaded", retry_after=1)
+        return WorkerOverloaded(message, retry_after=OVERLOAD_RETRY_AFTER_S)
     if kind == "unauthorized" or http_status in (401, 403):
         return UpstreamUnauthorized(message)
     return UpstreamFailed(message)

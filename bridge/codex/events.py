@@ -24,19 +24,16 @@ class TextDelta:
 
 @dataclass(slots=True, frozen=True)
 class ReasoningDelta:
-    """A piece of the model's reasoning summary (not part of the reply)."""
+    """A piece of the model's reasoning summary (not part of the reply).
+
+    A turn's summary comes in reasoning items (one per model call that
+    reasoned), each made of parts (sections); `item` and `part` say where
+    this piece belongs, so renderers can keep items and parts apart.
+    """
 
     text: str
-
-
-@dataclass(slots=True, frozen=True)
-class ToolCall:
-    """The model called a client-defined tool; the turn waits for its result."""
-
-    call_id: str
-    name: str
-    arguments: str
-    """JSON text, as OpenAI clients expect it."""
+    item: str = ""
+    part: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -61,6 +58,29 @@ class Usage:
             self.reasoning_tokens + other.reasoning_tokens,
             self.cache_write_tokens + other.cache_write_tokens,
         )
+
+    def minus(self, other: Usage) -> Usage:
+        """What is left of this usage after `other` was already reported; never below zero."""
+        return Usage(
+            max(0, self.input_tokens - other.input_tokens),
+            max(0, self.cached_input_tokens - other.cached_input_tokens),
+            max(0, self.output_tokens - other.output_tokens),
+            max(0, self.reasoning_tokens - other.reasoning_tokens),
+            max(0, self.cache_write_tokens - other.cache_write_tokens),
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class ToolCall:
+    """The model called a client-defined tool; the turn waits for its result."""
+
+    call_id: str
+    name: str
+    arguments: str
+    """JSON text, as OpenAI clients expect it."""
+    usage: Usage = Usage()
+    """The usage to report with the response this call ends (Codex counts nothing
+    while a call is pending, so the dialect estimates it; see `bridge.codex.estimate`)."""
 
 
 @dataclass(slots=True, frozen=True)

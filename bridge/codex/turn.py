@@ -68,6 +68,8 @@ class TurnRequest:
     history: tuple[HistoryItem, ...] = ()
     """Prior conversation, oldest first, without the new input."""
     effort: str | None = None
+    reasoning_summary: str | None = None
+    """"auto" | "concise" | "detailed" | "none"; None leaves Codex's configured default."""
     output_schema: dict[str, Any] | None = None
     tools: tuple[ToolSpec, ...] = ()
     persist: bool = False
@@ -90,6 +92,9 @@ class Turn(Protocol):
 
     thread_id: str
     turn_id: str | None
+    backlog_high_water: int
+    """Most events that ever waited for the consumer at once (bounded by the worker's
+    `max_queued_events`; past it the turn fails)."""
 
     async def next_event(self) -> TurnEvent:
         """The next event. Cancellation-safe: a timeout around it loses nothing."""

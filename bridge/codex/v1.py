@@ -3,7 +3,7 @@
 Per request: `newConversation` (profile settings, instructions),
 `addConversationListener` (without it no events arrive), `sendUserTurn` with
 the new input, then `codex/event/*` notifications (`agent_message_delta`,
-`token_count`, `task_complete`, `error`, `turn_aborted`) until the task ends;
+`agent_reasoning_delta` / `agent_reasoning_section_break`, `token_count`, `task_complete`, `error`, `turn_aborted`) until the task ends;
 `interruptConversation` cancels; `removeConversationListener` cleans up.
 Notifications come with or without the `codex/event/` prefix and carry the
 conversation id in `params.conversationId` or inside `msg`.
@@ -21,10 +21,12 @@ from typing import Any, Final
 
 import structlog
 
-from bridge.codex.events import Failed, Finished, TextDelta, Usage
+from bridge.codex import estimate
+from bridge.codex.events import Failed, Finished, ReasoningDelta, TextDelta, Usage
 from bridge.codex.queued import START_ERRORS, QueuedTurn, start_error
 from bridge.codex.turn import TurnRequest
 from bridge.codex.v2 import (
+    APPROVAL_POLICY,
     CONNECTION_LOST,
     PLAIN_DEFAULT_INSTRUCTIONS,
     ThreadRouter,
@@ -65,10 +67,19 @@ def _refuse_unsupported(request: TurnRequest) -> None:
         raise refuse("Tool results", "messages")
 
 
+# Codex 0.77 always sends the model an <environment_context> naming the cwd;
+# in plain, "/" says nothing about the host (there is no tool to use it).
+PLAIN_CWD: Final = "/"
+
+
+def _cwd(settings: ThreadSettings) -> str:
+    return PLAIN_CWD if settings.profile == "plain" else settings.cwd
+
+
 def conversation_params(request: TurnRequest, settings: ThreadSettings) -> dict[str, Any]:
     params: dict[str, Any] = {
-        "cwd": settings.cwd,
-        "approvalPolicy": "never" if settings.profile == "plain" else "untrusted",
+        "cwd": _cwd(settings),
+        "approvalPolicy": APPROVAL_POLICY,
         "sandbox": "read-only",
     }
     if request.model:
@@ -92,7 +103,7 @@ async def start_turn(
         conversation_id = str(created["conversationId"])
     except START_ERRORS as exc:
         raise start_error(exc, "newConversation") from exc
-    turn = V1Turn(conn, router, conversation_id, settings)
+    turn = V1Turn(conn, router, conversation_id, settings, request)
     router.add(conversation_id, turn)
     try:
         listener = await conn.request(
@@ -104,11 +115,11 @@ async def start_turn(
         params: dict[str, Any] = {
             "conversationId": conversation_id,
             "items": [{"type": "text", "data": {"text": request.input}}],
-            "cwd": settings.cwd,
-            "approvalPolicy": "never" if settings.profile == "plain" else "untrusted",
+            "cwd": _cwd(settings),
+            "approvalPolicy": APPROVAL_POLICY,
             "sandboxPolicy": {"type": "read-only"},
             "model": request.model or created.get("model"),
-            "summary": "auto",
+            "summary": request.reasoning_summary or "auto",
         }
         if request.effort:
             params["effort"] = request.effort
@@ -143,9 +154,12 @@ class V1Turn(QueuedTurn):
         router: ThreadRouter,
         conversation_id: str,
         settings: ThreadSettings,
+        request: TurnRequest | None = None,
     ) -> None:
-        super().__init__(conn, conversation_id, settings.rpc_timeout_s)
+        super().__init__(conn, conversation_id, settings.rpc_timeout_s, settings.max_queued_events)
         self._router = router
+        self._request = request
+        self._reasoning_part = 0
         self.subscription_id: Any = None
 
     def feed(self, method: str, params: dict[str, Any]) -> None:
@@ -169,6 +183,12 @@ class V1Turn(QueuedTurn):
             delta = msg.get("delta")
             if delta:
                 self._ready.append(TextDelta(str(delta)))
+        elif kind == "agent_reasoning_delta":
+            delta = msg.get("delta")
+            if delta:
+                self._ready.append(ReasoningDelta(str(delta), "", self._reasoning_part))
+        elif kind == "agent_reasoning_section_break":
+            self._reasoning_part += 1
         elif kind == "token_count":
             usage = _usage_of(msg.get("info"))
             if usage is not None:
@@ -178,6 +198,9 @@ class V1Turn(QueuedTurn):
             self._ready.append(Finished("stop", self._usage))
         elif kind == "turn_aborted":
             self._done = True
+            if self._usage == Usage() and self._request is not None:
+                # Codex never counts a model call that was cut short.
+                self._usage = Usage(input_tokens=estimate.prompt_tokens(self._request))
             self._ready.append(Finished("interrupted", self._usage))
         elif kind == "error":
             self._done = True

@@ -2,9 +2,10 @@
 
 Per request: an ephemeral `thread/start` (profile settings, empty cwd), prior
 messages through `thread/inject_items` with their roles, `turn/start` with the
-new input, then `item/agentMessage/delta` / `thread/tokenUsage/updated` /
-`error` / `turn/completed` until the turn ends. One thread per concurrent
-request: a second `turn/start` on a busy thread would steer the running turn.
+new input, then `item/agentMessage/delta` / `item/reasoning/summaryTextDelta` /
+`thread/tokenUsage/updated` / `error` / `turn/completed` until the turn ends.
+One thread per concurrent request: a second `turn/start` on a busy thread
+would steer the running turn.
 
 Knows v2 method names and payloads; knows no OpenAI shapes and nothing about
 processes (it talks to an `RpcConnection` it is given).
@@ -21,6 +22,7 @@ from typing import Any, Final, Protocol
 import orjson
 import structlog
 
+from bridge.codex import estimate
 from bridge.codex.errors import error_from_codex
 from bridge.codex.events import (
     Failed,
@@ -30,7 +32,12 @@ from bridge.codex.events import (
     ToolCall,
     Usage,
 )
-from bridge.codex.queued import START_ERRORS, QueuedTurn, start_error
+from bridge.codex.queued import (
+    DEFAULT_MAX_QUEUED_EVENTS,
+    START_ERRORS,
+    QueuedTurn,
+    start_error,
+)
 from bridge.codex.turn import HistoryToolCall, HistoryToolOutput, TurnRequest
 from bridge.errors import NotFound, WorkerCrashed
 from bridge.worker.rpc import ConnectionClosed, RpcConnection, RpcError, RpcTimeout
@@ -68,6 +75,13 @@ OPT_OUT_NOTIFICATIONS: Final = (
 )
 
 
+# Both profiles ask before every command or file change, and the bridge declines
+# each request (codex/server_requests.py): a second wall behind the plain
+# profile's missing tools. (Codex 0.77 still runs commands it deems read-only
+# without asking, so plain's first wall there is the tool switches.)
+APPROVAL_POLICY: Final = "untrusted"
+
+
 @dataclass(frozen=True, slots=True)
 class ThreadSettings:
     """Per-thread settings derived from the profile; fixed for a worker's life."""
@@ -75,6 +89,8 @@ class ThreadSettings:
     profile: str  # "plain" | "agent"
     cwd: str
     rpc_timeout_s: float
+    max_queued_events: int = DEFAULT_MAX_QUEUED_EVENTS
+    """Events a turn may buffer for its request before it is interrupted (`QueuedTurn`)."""
 
 
 class RoutedTurn(Protocol):
@@ -136,7 +152,7 @@ def thread_start_params(request: TurnRequest, settings: ThreadSettings) -> dict[
     params: dict[str, Any] = {
         "cwd": settings.cwd,
         "ephemeral": not request.persist,
-        "approvalPolicy": "never" if settings.profile == "plain" else "untrusted",
+        "approvalPolicy": APPROVAL_POLICY,
         "sandbox": "read-only",
     }
     if request.model:
@@ -200,14 +216,15 @@ async def start_turn(
         started = await conn.request(method, params, timeout=timeout)
         thread_id = str(started["thread"]["id"])
     except START_ERRORS as exc:
-        if method == "thread/fork" and isinstance(exc, RpcError):
+        # Overload is backpressure (retried by the pool), not a lost conversation.
+        if method == "thread/fork" and type(exc) is RpcError:
             raise NotFound(
                 "The stored conversation of previous_response_id can no longer be continued.",
                 param="previous_response_id",
             ) from exc
         raise start_error(exc, method) from exc
 
-    turn = V2Turn(conn, router, thread_id, settings)
+    turn = V2Turn(conn, router, thread_id, settings, request)
     router.add(thread_id, turn)
     try:
         items = history_items(request)
@@ -223,6 +240,8 @@ async def start_turn(
         turn_params: dict[str, Any] = {"threadId": thread_id, "input": new_input}
         if request.effort:
             turn_params["effort"] = request.effort
+        if request.reasoning_summary:
+            turn_params["summary"] = request.reasoning_summary
         if request.output_schema is not None:
             turn_params["outputSchema"] = request.output_schema
         result = await conn.request("turn/start", turn_params, timeout=timeout)
@@ -254,9 +273,15 @@ class V2Turn(QueuedTurn):
         router: ThreadRouter,
         thread_id: str,
         settings: ThreadSettings,
+        request: TurnRequest | None = None,
     ) -> None:
-        super().__init__(conn, thread_id, settings.rpc_timeout_s)
+        super().__init__(conn, thread_id, settings.rpc_timeout_s, settings.max_queued_events)
         self._router = router
+        self._request = request
+        # Usage already reported with earlier responses of this turn (tool
+        # calls), and the estimated prompt of its next model call.
+        self._billed = Usage()
+        self._prompt_estimate: int | None = None
         self._pending_error: Any = None
         self._item: Any = None
         self._item_len = 0
@@ -277,7 +302,14 @@ class V2Turn(QueuedTurn):
         elif method == "item/reasoning/summaryTextDelta":
             delta = params.get("delta")
             if delta:
-                self._ready.append(ReasoningDelta(delta))
+                part = params.get("summaryIndex")
+                self._ready.append(
+                    ReasoningDelta(
+                        str(delta),
+                        str(params.get("itemId") or ""),
+                        part if isinstance(part, int) else 0,
+                    )
+                )
         elif method == "thread/tokenUsage/updated":
             last = (params.get("tokenUsage") or {}).get("last")
             if isinstance(last, dict):
@@ -294,27 +326,55 @@ class V2Turn(QueuedTurn):
             self._done = True
             status = turn.get("status")
             if status == "completed":
-                self._ready.append(Finished("stop", self._usage))
+                self._ready.append(Finished("stop", self._unbilled()))
             elif status == "interrupted":
-                self._ready.append(Finished("interrupted", self._usage))
+                if self._usage == Usage():
+                    # Codex never counts a model call that was cut short.
+                    self._usage = Usage(input_tokens=self._next_prompt_estimate())
+                self._ready.append(Finished("interrupted", self._unbilled()))
             else:
                 error = error_from_codex(turn.get("error") or self._pending_error)
-                self._ready.append(Failed(error, self._usage))
+                self._ready.append(Failed(error, self._unbilled()))
         elif method == TOOL_CALL:
             arguments = params.get("arguments")
+            name = str(params.get("tool"))
+            text = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
             self._ready.append(
                 ToolCall(
                     call_id=str(params.get("callId")),
-                    name=str(params.get("tool")),
-                    arguments=arguments
-                    if isinstance(arguments, str)
-                    else orjson.dumps(arguments).decode(),
+                    name=name,
+                    arguments=text,
+                    usage=self._bill_pending_call(estimate.item_tokens(name, text)),
                 )
             )
         elif method == CONNECTION_LOST:
             self._done = True
             crashed = WorkerCrashed("The Codex worker exited during the turn.")
             self._ready.append(Failed(crashed, self._usage))
+
+    # -- usage of a turn that spans several responses ----------------------------------
+    # A response ending in a client tool call reports an estimate for the
+    # model call Codex has not counted yet; every later response of the turn
+    # reports Codex's count so far minus what was already reported. The
+    # responses of one turn thus add up to Codex's count (or to the estimate
+    # where it ran higher), never to twice it.
+    def _next_prompt_estimate(self) -> int:
+        if self._prompt_estimate is None:
+            self._prompt_estimate = (
+                estimate.prompt_tokens(self._request) if self._request is not None else 0
+            )
+        return self._prompt_estimate
+
+    def _bill_pending_call(self, call_tokens: int) -> Usage:
+        pending = Usage(input_tokens=self._next_prompt_estimate(), output_tokens=call_tokens)
+        # The call becomes part of the next model call's prompt.
+        self._prompt_estimate = self._next_prompt_estimate() + call_tokens
+        report = (self._usage + pending).minus(self._billed)
+        self._billed = self._billed + report
+        return report
+
+    def _unbilled(self) -> Usage:
+        return self._usage.minus(self._billed)
 
     def _on_delta(self, item_id: Any, delta: str) -> None:
         # Codex retries a dropped model stream by replaying the reply from its
@@ -356,6 +416,8 @@ class V2Turn(QueuedTurn):
         future.set_result(
             {"contentItems": [{"type": "inputText", "text": output}], "success": success}
         )
+        if self._prompt_estimate is not None:
+            self._prompt_estimate += estimate.item_tokens(output)
         return True
 
     def _abandon_tool_calls(self) -> None:

@@ -1,8 +1,10 @@
 """The demo model: a deterministic OpenAI Responses streaming server on 127.0.0.1.
 
 Codex calls `POST {base_url}/responses` with `stream: true`; this answers
-with the SSE events Codex parses (response.created, output_item.added,
-output_text.delta..., output_item.done, response.completed with usage), or
+with the SSE events Codex parses (response.created, a reasoning item with
+reasoning_summary_part.added / reasoning_summary_text.delta... when a summary
+is scripted and asked for, output_item.added, output_text.delta...,
+output_item.done, response.completed with usage), or
 with scripted failures, hangs and tool calls (see `bridge.demo.script`).
 `serve --demo`, the tests and the benchmarks all use it. Knows the
 Responses wire format; knows nothing of the bridge.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import orjson
@@ -21,6 +24,7 @@ from aiohttp import web
 from bridge.demo.script import Script, parse_script, split_deltas
 
 DEMO_MODEL_ID: Final = "codex-demo"
+Sender = Callable[[str, dict[str, Any]], Awaitable[None]]
 # How many request bodies are kept for tests to inspect.
 MAX_RECORDED: Final = 500
 # A scripted hang never outlives this (the client or stop() usually ends it first).
@@ -181,6 +185,9 @@ class DemoModel:
         await send("response.in_progress", {"response": base})
         output: list[dict[str, Any]] = []
         text_deltas = 0
+        if script.reasoning:
+            output.append(await self._reasoning(send, n, script.reasoning))
+        first = len(output)
         if script.tool_calls:
             for index, call in enumerate(script.tool_calls):
                 item = {
@@ -191,19 +198,27 @@ class DemoModel:
                     "name": call.name,
                     "arguments": "",
                 }
-                await send("response.output_item.added", {"output_index": index, "item": item})
+                await send(
+                    "response.output_item.added", {"output_index": first + index, "item": item}
+                )
                 half = len(call.arguments) // 2
                 for chunk in (call.arguments[:half], call.arguments[half:]):
                     await send(
                         "response.function_call_arguments.delta",
-                        {"item_id": item["id"], "output_index": index, "delta": chunk},
+                        {"item_id": item["id"], "output_index": first + index, "delta": chunk},
                     )
                 await send(
                     "response.function_call_arguments.done",
-                    {"item_id": item["id"], "output_index": index, "arguments": call.arguments},
+                    {
+                        "item_id": item["id"],
+                        "output_index": first + index,
+                        "arguments": call.arguments,
+                    },
                 )
                 done = {**item, "status": "completed", "arguments": call.arguments}
-                await send("response.output_item.done", {"output_index": index, "item": done})
+                await send(
+                    "response.output_item.done", {"output_index": first + index, "item": done}
+                )
                 output.append(done)
         else:
             item_id = f"msg_demo_{n}"
@@ -214,12 +229,12 @@ class DemoModel:
                 "role": "assistant",
                 "content": [],
             }
-            await send("response.output_item.added", {"output_index": 0, "item": message})
+            await send("response.output_item.added", {"output_index": first, "item": message})
             await send(
                 "response.content_part.added",
                 {
                     "item_id": item_id,
-                    "output_index": 0,
+                    "output_index": first,
                     "content_index": 0,
                     "part": {"type": "output_text", "text": "", "annotations": []},
                 },
@@ -246,7 +261,7 @@ class DemoModel:
                     "response.output_text.delta",
                     {
                         "item_id": item_id,
-                        "output_index": 0,
+                        "output_index": first,
                         "content_index": 0,
                         "delta": delta,
                         "logprobs": [],
@@ -263,7 +278,7 @@ class DemoModel:
                 "response.output_text.done",
                 {
                     "item_id": item_id,
-                    "output_index": 0,
+                    "output_index": first,
                     "content_index": 0,
                     "text": text,
                     "logprobs": [],
@@ -271,10 +286,10 @@ class DemoModel:
             )
             await send(
                 "response.content_part.done",
-                {"item_id": item_id, "output_index": 0, "content_index": 0, "part": part},
+                {"item_id": item_id, "output_index": first, "content_index": 0, "part": part},
             )
             done_message = {**message, "status": "completed", "content": [part]}
-            await send("response.output_item.done", {"output_index": 0, "item": done_message})
+            await send("response.output_item.done", {"output_index": first, "item": done_message})
             output.append(done_message)
         output_tokens = max(1, text_deltas) + script.reasoning_tokens
         usage = {
@@ -288,6 +303,26 @@ class DemoModel:
             "response.completed",
             {"response": {**base, "status": "completed", "output": output, "usage": usage}},
         )
+
+    async def _reasoning(self, send: Sender, n: int, parts: tuple[str, ...]) -> dict[str, Any]:
+        """A reasoning item with a summary, in the events Codex parses; returns the item."""
+        item_id = f"rs_demo_{n}"
+        item: dict[str, Any] = {"id": item_id, "type": "reasoning", "summary": []}
+        await send("response.output_item.added", {"output_index": 0, "item": item})
+        summary: list[dict[str, Any]] = []
+        for index, text in enumerate(parts):
+            ref = {"item_id": item_id, "output_index": 0, "summary_index": index}
+            empty = {"type": "summary_text", "text": ""}
+            await send("response.reasoning_summary_part.added", {**ref, "part": empty})
+            for delta in split_deltas(text):
+                await send("response.reasoning_summary_text.delta", {**ref, "delta": delta})
+            await send("response.reasoning_summary_text.done", {**ref, "text": text})
+            part = {"type": "summary_text", "text": text}
+            await send("response.reasoning_summary_part.done", {**ref, "part": part})
+            summary.append(part)
+        done = {**item, "summary": summary, "encrypted_content": None}
+        await send("response.output_item.done", {"output_index": 0, "item": done})
+        return done
 
     async def _hang(self) -> None:
         with contextlib.suppress(TimeoutError):

@@ -1,7 +1,13 @@
 """Reads the demo model's script out of a Responses request: `[[name]]` / `[[name=value]]` tokens.
 
 The directives live in the last user message of the request's `input`.
-Pure functions over the request JSON; knows nothing of HTTP.
+Like a real model, the demo honours what the request asks of it: a
+`json_schema` text format with no reply directive gets a reply that is an
+instance of the schema (`[[tool=NAME]]` / `[[args=JSON]]` pick the branch
+and the arguments of a forced call's schema), and `[[reasoning=A||B]]`
+streams a reasoning summary of parts A and B only when the request's
+`reasoning.summary` asks for one. Pure functions over the request JSON;
+knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -13,6 +19,11 @@ from typing import Any, Final
 
 DEFAULT_REPLY: Final = "Hello from the demo model."
 JSON_REPLY: Final = '{"answer":"demo","ok":true}'
+# Directives that choose the reply text; a schema instance stands in for them.
+REPLY_DIRECTIVES: Final = ("reply", "words", "echo", "echo_input", "echo_tools", "json")
+SUMMARY_MODES: Final = ("auto", "concise", "detailed")
+# Schema nesting the instance generator follows before it gives up ($ref cycles).
+MAX_SCHEMA_DEPTH: Final = 32
 _DIRECTIVE: Final = re.compile(r"\[\[([a-z_]+)(?:=(.*?))?\]\]", re.DOTALL)
 
 
@@ -34,6 +45,8 @@ class Script:
     tool_calls: tuple[ToolCallSpec, ...] = ()
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    reasoning: tuple[str, ...] = ()
+    """Parts of the reasoning summary to stream before the reply."""
     input_tokens: int = 1
     directives: dict[str, str] = field(default_factory=dict)
 
@@ -115,6 +128,11 @@ def parse_script(body: dict[str, Any]) -> Script:
         reply = ",".join(_tool_names(body))
     elif "json" in directives:
         reply = JSON_REPLY
+    schema = _json_schema(body)
+    if schema is not None and not any(name in directives for name in REPLY_DIRECTIVES):
+        args = _json_or_none(directives.get("args"))
+        instance = schema_instance(schema, schema, directives.get("tool"), args, 0)
+        reply = json.dumps(instance, separators=(",", ":"))
 
     calls: list[ToolCallSpec] = []
     outputs_after_user = _tool_outputs(items[last + 1 :]) if last >= 0 else []
@@ -122,14 +140,23 @@ def parse_script(body: dict[str, Any]) -> Script:
         reply = "Tool results: " + "; ".join(outputs_after_user)
     else:
         args = directives.get("args") or "{}"
+        offered = set(_tool_names(body))
         for name, value in found:
-            if name == "tool" and value:
+            # Under a JSON schema a model calls only the tools it is offered.
+            if name == "tool" and value and (schema is None or value in offered):
                 calls.append(ToolCallSpec(name=value, arguments=args))
             elif name == "shell" and value:
                 calls.append(
                     ToolCallSpec(name="exec_command", arguments=json.dumps({"cmd": value}))
                 )
 
+    reasoning: tuple[str, ...] = ()
+    summary = (body.get("reasoning") or {}).get("summary")
+    if directives.get("reasoning") and summary in SUMMARY_MODES:
+        reasoning = tuple(p for p in directives["reasoning"].split("||") if p)
+    reasoning_tokens = _int(directives.get("reasoning_tokens"))
+    if reasoning and not reasoning_tokens:
+        reasoning_tokens = sum(len(split_deltas(p)) for p in reasoning)
     return Script(
         reply=reply,
         delay_ms=_int(directives.get("delay_ms")),
@@ -140,7 +167,8 @@ def parse_script(body: dict[str, Any]) -> Script:
         garbage="garbage" in directives,
         tool_calls=tuple(calls),
         cached_tokens=_int(directives.get("cached")),
-        reasoning_tokens=_int(directives.get("reasoning_tokens")),
+        reasoning_tokens=reasoning_tokens,
+        reasoning=reasoning,
         input_tokens=max(1, input_chars // 4),
         directives=directives,
     )
@@ -151,3 +179,76 @@ def split_deltas(reply: str) -> list[str]:
     if not reply:
         return []
     return re.findall(r"\S+\s*|\s+", reply)
+
+
+def _json_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    text = body.get("text")
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = fmt.get("schema")
+        return schema if isinstance(schema, dict) else {}
+    return None
+
+
+def _json_or_none(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _named(branch: Any, name: str | None) -> bool:
+    props = branch.get("properties") if isinstance(branch, dict) else None
+    if not isinstance(props, dict) or name is None:
+        return False
+    named = props.get("name")
+    return isinstance(named, dict) and named.get("const") == name
+
+
+def schema_instance(schema: Any, root: Any, prefer: str | None, args: Any, depth: int) -> Any:
+    """A small value valid under `schema`: what a structured-output model would answer.
+
+    In a choice between branches, the one whose `name` const is `prefer` wins;
+    the `arguments` next to that name are `args` when given.
+    """
+    if not isinstance(schema, dict) or depth > MAX_SCHEMA_DEPTH:
+        return None
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for key in ref[2:].split("/"):
+            target = target.get(key) if isinstance(target, dict) else None
+        return schema_instance(target, root, prefer, args, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        branches = schema.get(key)
+        if isinstance(branches, list) and branches:
+            # The named branch if any, else the smallest answer: null where allowed.
+            pick = next(
+                (b for b in branches if _named(b, prefer)),
+                next((b for b in branches if b == {"type": "null"}), branches[0]),
+            )
+            return schema_instance(pick, root, prefer, args, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties")
+        if not isinstance(props, dict):
+            return {}
+        value = {
+            key: schema_instance(sub, root, prefer, args, depth + 1) for key, sub in props.items()
+        }
+        named = "name" in props and (prefer is None or _named(schema, prefer))
+        if args is not None and named and "arguments" in value:
+            wants_text = (props.get("arguments") or {}).get("type") == "string"
+            value["arguments"] = json.dumps(args) if wants_text else args
+        return value
+    return {"array": [], "string": "demo", "integer": 1, "number": 1, "boolean": True}.get(
+        str(kind)
+    )

@@ -7,8 +7,21 @@ digests are kept; a presented key is hashed and compared against every
 digest with `hmac.compare_digest`. Logs and headers carry the key's name and
 an 8-hex fingerprint, never the key.
 
-Behind Traefik's ForwardAuth the bridge can also trust an identity header,
-but only from configured proxy addresses (anyone else could forge it).
+Behind a ForwardAuth proxy the bridge can also trust an identity header,
+but only from configured proxy addresses (anyone else could forge it), and
+only when it names a configured key, so that key's cap always applies.
+Trusting an address trusts every process that can connect from it: trusting
+127.0.0.1 trusts every local user of the host.
+
+`/auth/verify` (Traefik ForwardAuth) authenticates the bearer token only,
+never the identity header; it applies the bridge's own rule for which paths
+need a key to the original URI Traefik sends in `X-Forwarded-Uri`; and with
+no keys configured it refuses unless `auth.verify_without_keys` says to
+approve everyone.
+
+Errors are raised as the bridge's own (`AuthenticationFailed`,
+`PermissionDenied`) and put on the wire by the error middleware; this module
+knows no `bridge.api` code.
 """
 
 from __future__ import annotations
@@ -17,22 +30,31 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import posixpath
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import unquote, urlsplit
 
 import structlog
 from aiohttp import web
 
-from bridge.api.errors import error_response
-from bridge.api.middleware import ACCESS
 from bridge.errors import AuthenticationFailed, PermissionDenied
+from bridge.ops.access import ACCESS
+from bridge.ops.admission import KEY_LIMITS
 
 log = structlog.get_logger("bridge.auth")
 
 KEY_NAME_HEADER: Final = "X-Bridge-Key-Name"
 KEY_ID_HEADER: Final = "X-Bridge-Key-Id"
+# Traefik's ForwardAuth names the original request's URI here.
+FORWARDED_URI_HEADER: Final = "X-Forwarded-Uri"
+# Served without a key: probes, /auth/verify (it checks the key itself) and
+# /metrics (guarded by server.metrics_access). Any other path needs one, so a
+# path spelled oddly ("//v1/...") or a new route is never open by accident.
+PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics", "/auth/verify"})
 CREDENTIAL_NAME: Final = "api-keys"
 _MISSING: Final = (
     "You didn't provide an API key. You need to provide your API key in an Authorization "
@@ -135,6 +157,7 @@ class AuthPolicy:
     protect_models: bool
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     identity_header: str
+    verify_without_keys: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -150,14 +173,26 @@ class AuthPolicy:
         return any(address in network for network in self.trusted_proxies)
 
     def authenticate(self, request: web.Request) -> ApiKey:
-        """The caller's key, or AuthenticationFailed (401)."""
+        """The caller's key, or AuthenticationFailed (401).
+
+        A trusted proxy may name the key in the identity header instead of
+        passing the bearer token; a name that is not a configured key is
+        refused, never served as an uncapped stranger.
+        """
         if self.trusts(request.remote):
             name = request.headers.get(self.identity_header)
             if name:
                 forwarded = self.store.by_name(name)
-                return forwarded or ApiKey(
-                    name=name, fingerprint="forwarded", max_concurrent=None, digest=b""
-                )
+                if forwarded is None:
+                    raise AuthenticationFailed(
+                        f"The {self.identity_header} header from the proxy names no configured "
+                        "API key."
+                    )
+                return forwarded
+        return self.authenticate_bearer(request)
+
+    def authenticate_bearer(self, request: web.Request) -> ApiKey:
+        """The key of the request's bearer token, or AuthenticationFailed (401)."""
         token = bearer_token(request)
         if token is None:
             raise AuthenticationFailed(_MISSING, code=None)
@@ -169,44 +204,67 @@ class AuthPolicy:
         return key
 
     def protects(self, path: str) -> bool:
-        if path.startswith("/v1/models"):
+        """Whether `path` needs a key: everything but the listed public routes (fail closed)."""
+        if path in PUBLIC_PATHS:
+            return False
+        if path == "/v1/models" or path.startswith("/v1/models/"):
             return self.protect_models
-        return path.startswith("/v1/")
+        return True
 
 
 API_KEY: Final = web.RequestKey("api_key", ApiKey)
 AUTH: Final = web.AppKey("auth", AuthPolicy)
 
 
-def _unauthorized(error: AuthenticationFailed) -> web.Response:
-    response = error_response(error)
-    response.headers["WWW-Authenticate"] = 'Bearer realm="codex-bridge"'
-    return response
-
-
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Runs before any handler reads the request body: a caller without a key costs no upload."""
     policy = request.app[AUTH]
     if policy.enabled and policy.protects(request.path):
-        try:
-            key = policy.authenticate(request)
-        except AuthenticationFailed as exc:
-            return _unauthorized(exc)
+        key = policy.authenticate(request)
         request[API_KEY] = key
         request[ACCESS].key_name = key.name
     response: web.StreamResponse = await handler(request)
     return response
 
 
+def _forwarded_path(request: web.Request) -> str | None:
+    """The path of the request Traefik asks about, or None when it is absent or unreadable."""
+    uri = request.headers.get(FORWARDED_URI_HEADER)
+    if not uri:
+        return None
+    try:
+        path = unquote(urlsplit(uri).path)
+    except ValueError:
+        return None
+    if not path.startswith("/"):
+        return None
+    # "/v1/models/../chat/completions" is a chat request, whatever its prefix.
+    return posixpath.normpath(re.sub("/+", "/", path))
+
+
 async def verify(request: web.Request) -> web.Response:
-    """Traefik ForwardAuth: 204 with the key's identity headers, or 401 in the OpenAI envelope."""
+    """Traefik ForwardAuth: 204 with the key's identity headers, or 401/403 in the OpenAI envelope.
+
+    Only the bearer token counts here: the identity header is what this
+    answer hands to Traefik, so believing it would let any caller on a
+    trusted address name any key.
+    """
     policy = request.app[AUTH]
     if not policy.enabled:
+        if not policy.verify_without_keys:
+            raise PermissionDenied(
+                "No API keys are configured, so /auth/verify cannot tell callers apart and "
+                "refuses every request. Configure auth.api_keys or auth.keys_file, or set "
+                "auth.verify_without_keys = true to approve every request."
+            )
         return web.Response(status=204, headers={KEY_NAME_HEADER: "anonymous"})
-    try:
-        key = policy.authenticate(request)
-    except AuthenticationFailed as exc:
-        return _unauthorized(exc)
+    path = _forwarded_path(request)
+    if path is not None and not policy.protects(path):
+        # A route the bridge serves without a key (e.g. /v1/models with
+        # protect_models off): no identity to vouch for.
+        return web.Response(status=204)
+    key = policy.authenticate_bearer(request)
     request[ACCESS].key_name = key.name
     return web.Response(
         status=204, headers={KEY_NAME_HEADER: key.name, KEY_ID_HEADER: key.fingerprint}
@@ -221,14 +279,11 @@ def metrics_guard(access: str, handler: Any) -> Any:
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         if access == "loopback" and request.remote not in LOOPBACK_PEERS:
-            return error_response(PermissionDenied("/metrics is served to loopback peers only."))
+            raise PermissionDenied("/metrics is served to loopback peers only.")
         if access == "key":
             policy = request.app[AUTH]
             if policy.enabled:
-                try:
-                    policy.authenticate(request)
-                except AuthenticationFailed as exc:
-                    return _unauthorized(exc)
+                policy.authenticate(request)
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -243,13 +298,12 @@ def build_policy(settings: Any, env: Mapping[str, str] | None = None) -> AuthPol
         protect_models=auth.protect_models,
         trusted_proxies=tuple(ipaddress.ip_network(c, strict=False) for c in auth.trusted_proxies),
         identity_header=auth.identity_header,
+        verify_without_keys=auth.verify_without_keys,
     )
 
 
 async def add_ratelimit_headers(request: web.Request, response: web.StreamResponse) -> None:
     """OpenAI-style request limits, where they mean something: a key's concurrency cap."""
-    from bridge.ops.admission import KEY_LIMITS
-
     key = request.get(API_KEY)
     if key is None or key.max_concurrent is None:
         return

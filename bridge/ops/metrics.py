@@ -15,6 +15,7 @@ from typing import Final
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Info,
     PlatformCollector,
@@ -29,6 +30,9 @@ from bridge.worker.pool import WorkerPool
 LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 900)
 QUEUE_BUCKETS: Final = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 HANDSHAKE_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+# Events waiting for a request at once; the top buckets are slow clients
+# nearing `codex.max_queued_events` (default 4096, minimum 16).
+BACKLOG_BUCKETS: Final = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
 
 
 class _PoolCollector(Collector):
@@ -47,7 +51,13 @@ class _PoolCollector(Collector):
         states = GaugeMetricFamily(
             "codex_bridge_workers", "Workers by supervisor state.", labels=["state"]
         )
-        counts: dict[str, int] = {"starting": 0, "ready": 0, "restarting": 0, "stopped": 0}
+        counts: dict[str, int] = {
+            "starting": 0,
+            "ready": 0,
+            "probing": 0,
+            "restarting": 0,
+            "stopped": 0,
+        }
         for worker in pool.workers:
             counts[worker.state.value] += 1
         for state, count in counts.items():
@@ -74,6 +84,14 @@ class _PoolCollector(Collector):
         for worker in pool.workers:
             per_worker.add_metric([str(worker.id)], worker.active_turns)
         yield per_worker
+        limits = GaugeMetricFamily(
+            "codex_bridge_worker_turn_limit",
+            "Each worker's adaptive concurrency limit (halved on overload, +1 after successes).",
+            labels=["worker"],
+        )
+        for worker in pool.workers:
+            limits.add_metric([str(worker.id)], pool.turn_limit(worker))
+        yield limits
 
 
 class Metrics:
@@ -120,6 +138,13 @@ class Metrics:
             ["kind", "model"],
             registry=r,
         )
+        self.event_backlog = Histogram(
+            "codex_bridge_turn_event_backlog",
+            "Most turn events that waited for their request at once, per turn.",
+            ["endpoint"],
+            buckets=BACKLOG_BUCKETS,
+            registry=r,
+        )
         self.queue_wait = Histogram(
             "codex_bridge_queue_wait_seconds",
             "Time a request waited for a turn slot.",
@@ -150,10 +175,33 @@ class Metrics:
             ["method", "kind"],
             registry=r,
         )
+        self.worker_overloads = Counter(
+            "codex_bridge_worker_overloads",
+            "Congestion signals from a worker: a turn start refused as overloaded (retried"
+            " with backoff) or answered slowly; each halves the worker's turn limit.",
+            ["worker", "signal"],
+            registry=r,
+        )
         self.client_disconnects = Counter(
             "codex_bridge_client_disconnects",
             "Clients that went away before their response ended.",
             ["endpoint"],
+            registry=r,
+        )
+        self.parked_turns = Gauge(
+            "codex_bridge_parked_turns",
+            "Turns waiting for clients' tool results (they hold no turn slot).",
+            registry=r,
+        )
+        self.stored_responses = Gauge(
+            "codex_bridge_stored_responses",
+            "Responses in the response store (counted at startup and after each purge).",
+            registry=r,
+        )
+        self.store_purged = Counter(
+            "codex_bridge_store_purged",
+            "Expired stored responses removed, and Codex threads deleted with them.",
+            ["what"],
             registry=r,
         )
 
@@ -175,3 +223,6 @@ class Metrics:
 
     def rpc_failed(self, method: str, kind: str) -> None:
         self.rpc_errors.labels(method, kind).inc()
+
+    def overloaded(self, worker: int, signal: str) -> None:
+        self.worker_overloads.labels(str(worker), signal).inc()

@@ -1,15 +1,22 @@
-"""The usage ledger: one row per finished request, and `GET /v1/usage` over it in day buckets.
+"""The usage ledger: one row per request that ran a Codex turn, and `GET /v1/usage` over it.
 
-Rows are queued by the access middleware (never blocking a request) and
-written in batches to SQLite by one writer task. The endpoint answers in
-the shape of OpenAI's completions usage API: pages of day buckets whose
-results are grouped by API key name and model. With API keys configured a
-caller sees its own key's usage only.
+A request that started (or continued) a Codex turn leaves a row whatever
+its outcome (200, 4xx/5xx, 499 client gone, 504 deadline) with the tokens
+Codex reported; turn sessions wait, bounded, for those figures before the
+request ends (`bridge.api.turns`). Rows are queued by the access middleware
+(never blocking a request) and written in batches to SQLite by one writer
+task. The endpoint answers in the shape of OpenAI's completions usage API:
+pages of day buckets whose results are grouped by API key name and model.
+With API keys configured a caller sees its own key's usage only. Without
+parameters it covers the current UTC day.
+
+Knows the access record and SQLite; no OpenAI request shapes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +26,16 @@ import orjson
 from aiohttp import web
 
 from bridge.errors import InvalidRequest
+from bridge.ops.access import AccessRecord
+from bridge.ops.auth import API_KEY
 from bridge.sqlite import SqliteThread
 
 DAY_S: Final = 86_400
+# Unix seconds as ASCII digits only (str.isdigit also accepts "²" and other
+# digits int() refuses), and no later than 9999-12-31: SQLite's integers and
+# any real query window fit well inside.
+_UNIX_S: Final = re.compile(r"[0-9]{1,12}")
+MAX_UNIX_S: Final = 253_402_300_799
 # Rows are written in batches of at most this many, as soon as any are queued.
 BATCH_MAX: Final = 256
 # At most this many days per query, as OpenAI's usage API.
@@ -162,31 +176,53 @@ class UsageLedger:
 USAGE: Final = web.AppKey("usage_ledger", UsageLedger)
 
 
-def _int_param(request: web.Request, name: str, default: int | None) -> int:
+def row_for(record: AccessRecord, endpoint: str, status: int) -> UsageRow | None:
+    """The ledger row of a finished request, or None if it never reached a Codex turn."""
+    if record.model is None or (record.turns == 0 and record.prompt_tokens is None):
+        return None
+    return UsageRow(
+        ts=time.time(),
+        key_name=record.key_name or "anonymous",
+        model=record.model,
+        endpoint=endpoint,
+        status=status,
+        input_tokens=record.prompt_tokens or 0,
+        cached_tokens=record.cached_tokens,
+        output_tokens=record.completion_tokens or 0,
+        reasoning_tokens=record.reasoning_tokens,
+    )
+
+
+def _int_param(request: web.Request, name: str, default: int) -> int:
     raw = request.query.get(name)
     if raw is None:
-        if default is None:
-            raise InvalidRequest(
-                f"Missing required parameter: '{name}'.",
-                param=name,
-                code="missing_required_parameter",
-            )
         return default
-    if not raw.isdigit():
+    if not _UNIX_S.fullmatch(raw):
         raise InvalidRequest(
             f"Invalid type for '{name}': expected an integer (unix seconds).",
             param=name,
             code="invalid_type",
         )
-    return int(raw)
+    value = int(raw)
+    if value > MAX_UNIX_S:
+        raise InvalidRequest(
+            f"Invalid '{name}': integer above maximum value. Expected a value <= "
+            f"{MAX_UNIX_S}, but got {value} instead.",
+            param=name,
+            code="integer_above_max_value",
+        )
+    return value
 
 
 async def get_usage(request: web.Request) -> web.Response:
-    """`GET /v1/usage?start_time=<unix s>[&end_time=<unix s>]`: day buckets, newest data included."""
-    from bridge.ops.auth import API_KEY
+    """`GET /v1/usage[?start_time=<unix s>][&end_time=<unix s>]`: day buckets, newest included.
 
-    start = _int_param(request, "start_time", None)
-    end = _int_param(request, "end_time", int(time.time()) + 1)
+    Without `start_time` the window starts at the current UTC day's midnight:
+    "what has this key used today" is the obvious first question.
+    """
+    now = int(time.time())
+    start = _int_param(request, "start_time", now - now % DAY_S)
+    end = _int_param(request, "end_time", now + 1)
     if end <= start:
         raise InvalidRequest("'end_time' must be after 'start_time'.", param="end_time")
     if (end - start) > MAX_BUCKETS * DAY_S:

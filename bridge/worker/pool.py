@@ -1,9 +1,23 @@
-"""The worker pool: N supervised workers and the admission queue in front of them.
+"""The worker pool: N supervised workers, the FIFO admission queue, and overload backpressure.
 
-`lease()` hands out the least-loaded ready worker that has a free turn slot.
-When every slot is taken the caller waits in a bounded FIFO queue for a
-bounded time; a full queue or an expired wait is `RateLimited` (429 with
-Retry-After), and no ready worker at all is `ServiceUnavailable` (503).
+`lease()` hands out a turn slot on the least-loaded ready worker (or on a
+given one). When no slot is free the caller waits in a bounded queue for a
+bounded time; freed slots go to waiters strictly in arrival order (each
+waiter owns a future in a deque, and a new arrival never takes a slot while
+an earlier waiter could use it). A full queue or an expired wait is
+`RateLimited` (429 with Retry-After); no ready worker at all is
+`ServiceUnavailable` (503).
+
+Overload is backpressure, not a failure: `start_on(lease, fn)` runs the turn's
+start-up and, when the worker answers `WorkerOverloaded`, gives the slot
+back, waits a jittered exponential backoff and takes a slot again —
+preferring another worker — until the request's queue deadline, then lets
+the 503 (with Retry-After) through. Each worker's effective concurrency
+adapts to what it accepts (AIMD): a new process starts at
+`INITIAL_TURN_LIMIT` and doubles per window of good starts (slow start);
+an overload answer or a start slower than a quarter of `rpc_timeout_s`
+halves it; afterwards it grows by one per window; always between 1 and
+`max_turns_per_worker`.
 
 Knows workers and capacity; knows no protocol details and no HTTP.
 """
@@ -11,17 +25,44 @@ Knows workers and capacity; knows no protocol details and no HTTP.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Final, Protocol, TypeVar
 
 import structlog
 
-from bridge.errors import RateLimited, ServiceUnavailable
-from bridge.worker.supervisor import Worker, WorkerConfig, WorkerObserver, WorkerState
+from bridge.errors import RateLimited, ServiceUnavailable, WorkerOverloaded
+from bridge.worker.supervisor import (
+    DriverFactory,
+    Worker,
+    WorkerConfig,
+    WorkerObserver,
+    WorkerState,
+)
 
 log = structlog.get_logger("bridge.pool")
+
+T = TypeVar("T")
+
+# Backoff between overload retries: doubles from the initial delay up to the
+# cap, each scaled by a random factor in [1 - J, 1 + J] so the requests an
+# overload refused together do not come back together.
+OVERLOAD_BACKOFF_INITIAL_S: Final = 0.05
+OVERLOAD_BACKOFF_MAX_S: Final = 2.0
+OVERLOAD_BACKOFF_JITTER: Final = 0.5
+# A new worker process starts at this many concurrent turns (or the ceiling if
+# lower) and doubles per window of good starts until the first congestion
+# signal (TCP's slow start): a burst then queues in the bridge, with a 429 and
+# Retry-After at the deadline, instead of piling into one Codex process until
+# its requests time out.
+INITIAL_TURN_LIMIT: Final = 16
+# A turn start slower than this fraction of rpc_timeout_s is a congestion
+# signal like an overload answer (a saturated worker answers late, not "no").
+SLOW_START_FRACTION: Final = 0.25
 
 
 class PoolObserver(WorkerObserver, Protocol):
@@ -29,6 +70,7 @@ class PoolObserver(WorkerObserver, Protocol):
 
     def rejected(self, reason: str) -> None: ...
     def waited(self, seconds: float) -> None: ...
+    def overloaded(self, worker: int, signal: str) -> None: ...
 
 
 class _NoObserver:
@@ -36,6 +78,9 @@ class _NoObserver:
         pass
 
     def waited(self, seconds: float) -> None:
+        pass
+
+    def overloaded(self, worker: int, signal: str) -> None:
         pass
 
     def restarted(self, reason: str) -> None:
@@ -48,11 +93,41 @@ class _NoObserver:
         pass
 
 
+@dataclass(slots=True)
+class Lease:
+    """One turn slot; `worker` may change while the turn starts (an overload moved it)."""
+
+    worker: Worker
+    deadline: float
+    """Loop time until which the request may wait: for a slot, then for overload retries."""
+    held: bool = True
+
+
+@dataclass(slots=True)
+class _Waiter:
+    future: asyncio.Future[Worker]
+    on: Worker | None
+    avoid: Worker | None
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(slots=True)
+class _Capacity:
+    """AIMD state of one worker process."""
+
+    limit: int
+    successes: int = 0
+    pid: int | None = None
+    slow_start: bool = True
+    """Doubling per window until the first congestion signal, then +1 per window."""
+
+
 class WorkerPool:
     def __init__(
         self,
         configs: Sequence[WorkerConfig],
         *,
+        driver_factory: DriverFactory,
         max_turns_per_worker: int,
         queue_limit: int,
         queue_timeout_s: float,
@@ -62,14 +137,20 @@ class WorkerPool:
         self.max_turns_per_worker = max_turns_per_worker
         self.queue_limit = queue_limit
         self.queue_timeout_s = queue_timeout_s
-        self._cond = asyncio.Condition()
-        self.waiting = 0
+        self._waiters: deque[_Waiter] = deque()
+        self._idle_waiters: list[asyncio.Future[None]] = []
         self.workers = [
-            Worker(i, config, on_state=self._worker_state_changed, observer=self.observer)
+            Worker(
+                i,
+                config,
+                driver=driver_factory(config),
+                on_state=self._worker_state_changed,
+                observer=self.observer,
+            )
             for i, config in enumerate(configs)
         ]
-        self.closing = False
-        self._notifiers: set[asyncio.Task[None]] = set()
+        self._capacity = {w.id: self._fresh_capacity(None) for w in self.workers}
+        self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -90,8 +171,20 @@ class WorkerPool:
 
     async def wait_idle(self) -> None:
         """Returns once no turn is running (the drain on shutdown)."""
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.active_turns == 0)
+        while self.active_turns:
+            idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(idle)
+            await idle
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @closing.setter
+    def closing(self, value: bool) -> None:
+        self._closing = value
+        if value:
+            self._fail_waiters(lambda w: True, "shutting_down", "codex-bridge is shutting down.")
 
     async def stop(self) -> None:
         self.closing = True
@@ -110,8 +203,16 @@ class WorkerPool:
         return sum(w.active_turns for w in self.workers)
 
     @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    @property
     def capacity(self) -> int:
-        return self.ready_count * self.max_turns_per_worker
+        return sum(self.turn_limit(w) for w in self.workers if w.ready)
+
+    def turn_limit(self, worker: Worker) -> int:
+        """The worker's current effective concurrency (AIMD), at most max_turns_per_worker."""
+        return self._capacity[worker.id].limit
 
     def any_ready(self) -> Worker | None:
         for worker in self.workers:
@@ -121,76 +222,205 @@ class WorkerPool:
 
     # -- admission ---------------------------------------------------------------------
     @asynccontextmanager
-    async def lease(self) -> AsyncIterator[Worker]:
-        worker = await self._acquire()
-        try:
-            yield worker
-        finally:
-            worker.active_turns -= 1
-            self._wake()
+    async def lease(self, on: Worker | None = None) -> AsyncIterator[Worker]:
+        """A turn slot on the least-loaded ready worker, or on `on` (a parked turn resuming
+        on the worker its Codex thread lives in)."""
+        async with self.lease_slot(on) as lease:
+            yield lease.worker
 
-    async def _acquire(self) -> Worker:
+    @asynccontextmanager
+    async def lease_slot(self, on: Worker | None = None) -> AsyncIterator[Lease]:
+        """Like `lease`, as a `Lease` that `start_on` can move to another worker."""
+        deadline = asyncio.get_running_loop().time() + self.queue_timeout_s
+        lease = Lease(await self._acquire(on, None, deadline), deadline)
+        try:
+            yield lease
+        finally:
+            if lease.held:
+                lease.held = False
+                self._release(lease.worker)
+
+    async def start_on(self, lease: Lease, start: Callable[[Worker], Awaitable[T]]) -> T:
+        """`start(lease.worker)`, retried on overload within the queue deadline.
+
+        On `WorkerOverloaded` the worker's limit is halved, the slot given
+        back, and after a jittered backoff a slot is taken again (another
+        worker preferred). Past the deadline the overload error itself (503,
+        Retry-After) reaches the caller. Any other error passes through.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = lease.deadline
+        attempt = 0
+        while True:
+            worker = lease.worker
+            started = loop.time()
+            try:
+                result = await start(worker)
+            except WorkerOverloaded:
+                self._congested(worker, "refused")
+                delay = min(OVERLOAD_BACKOFF_MAX_S, OVERLOAD_BACKOFF_INITIAL_S * 2**attempt)
+                delay *= random.uniform(1 - OVERLOAD_BACKOFF_JITTER, 1 + OVERLOAD_BACKOFF_JITTER)
+                attempt += 1
+                if loop.time() + delay >= deadline:
+                    self.observer.rejected("overloaded")
+                    raise
+                lease.held = False
+                self._release(worker)
+                await asyncio.sleep(delay)  # backoff before the retry, not a synchronization
+                lease.worker = await self._acquire(None, worker, deadline)
+                lease.held = True
+                continue
+            except BaseException:
+                if loop.time() - started > self._slow_s(worker):
+                    self._congested(worker, "slow")
+                raise
+            if loop.time() - started > self._slow_s(worker):
+                self._congested(worker, "slow")
+            else:
+                self._succeeded(worker)
+            return result
+
+    async def _acquire(self, on: Worker | None, avoid: Worker | None, deadline: float) -> Worker:
         if self.closing:
             self.observer.rejected("shutting_down")
             raise ServiceUnavailable("codex-bridge is shutting down.", retry_after=5)
-        worker = self._pick()
+        if self.ready_count == 0 or (on is not None and not on.ready):
+            self.observer.rejected("no_worker")
+            raise ServiceUnavailable("No Codex worker is ready; retry shortly.", retry_after=2)
+        # Earlier waiters first: whatever slot is still free afterwards, none of them can use.
+        self._dispatch()
+        worker = self._pick(on, avoid)
         if worker is not None:
             worker.active_turns += 1
             self.observer.waited(0.0)
             return worker
-        if self.ready_count == 0:
-            self.observer.rejected("no_worker")
-            raise ServiceUnavailable("No Codex worker is ready; retry shortly.", retry_after=2)
-        if self.waiting >= self.queue_limit:
+        if len(self._waiters) >= self.queue_limit:
             self.observer.rejected("queue_full")
             raise RateLimited(
                 f"Too many concurrent requests: {self.active_turns} running and "
-                f"{self.waiting} queued. Retry shortly.",
+                f"{len(self._waiters)} queued. Retry shortly.",
                 retry_after=1,
             )
-        self.waiting += 1
-        queued_at = time.perf_counter()
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), on, avoid)
+        self._waiters.append(waiter)
         try:
-            async with asyncio.timeout(self.queue_timeout_s), self._cond:
-                while True:
-                    worker = self._pick()
-                    if worker is not None:
-                        worker.active_turns += 1
-                        self.observer.waited(time.perf_counter() - queued_at)
-                        return worker
-                    if self.ready_count == 0 or self.closing:
-                        self.observer.rejected("no_worker")
-                        raise ServiceUnavailable("No Codex worker is ready.", retry_after=2)
-                    await self._cond.wait()
+            async with asyncio.timeout_at(deadline):
+                worker = await waiter.future
         except TimeoutError:
+            self._abandon(waiter)
+            if self.ready_count == 0:
+                self.observer.rejected("no_worker")
+                raise ServiceUnavailable("No Codex worker is ready.", retry_after=2) from None
             self.observer.rejected("queue_timeout")
             raise RateLimited(
                 f"Waited {self.queue_timeout_s:g}s for a free Codex worker. Retry shortly.",
                 retry_after=1,
             ) from None
-        finally:
-            self.waiting -= 1
+        except BaseException:
+            self._abandon(waiter)
+            raise
+        self.observer.waited(time.perf_counter() - waiter.queued_at)
+        return worker
 
-    def _pick(self) -> Worker | None:
-        best: Worker | None = None
-        for worker in self.workers:
-            if not worker.ready or worker.active_turns >= self.max_turns_per_worker:
+    def _abandon(self, waiter: _Waiter) -> None:
+        """A waiter that stopped waiting: leave the queue, and give back a slot handed to it."""
+        future = waiter.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            self._release(future.result())
+        else:
+            future.cancel()
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def _dispatch(self) -> None:
+        """Hands free slots to waiters in arrival order. Sync: no await between check and take."""
+        for waiter in list(self._waiters):
+            if waiter.future.done():
+                self._waiters.remove(waiter)
                 continue
-            if best is None or worker.active_turns < best.active_turns:
+            worker = self._pick(waiter.on, waiter.avoid)
+            if worker is None:
+                continue  # a waiter bound to a busy worker does not block the others
+            worker.active_turns += 1
+            self._waiters.remove(waiter)
+            waiter.future.set_result(worker)
+
+    def _pick(self, on: Worker | None, avoid: Worker | None = None) -> Worker | None:
+        best: Worker | None = None
+        for worker in self.workers if on is None else (on,):
+            if not worker.ready or worker.active_turns >= self.turn_limit(worker):
+                continue
+            if best is None or (worker is not avoid, -worker.active_turns) > (
+                best is not avoid,
+                -best.active_turns,
+            ):
                 best = worker
         return best
 
-    def _wake(self) -> None:
-        async def notify() -> None:
-            async with self._cond:
-                self._cond.notify_all()
+    def _release(self, worker: Worker) -> None:
+        worker.active_turns -= 1
+        self._dispatch()
+        if self.active_turns == 0:
+            idle, self._idle_waiters = self._idle_waiters, []
+            for future in idle:
+                if not future.done():
+                    future.set_result(None)
 
-        # Release happens in finally blocks, possibly while cancelled: notify
-        # from a task of its own rather than awaiting here.
-        task = asyncio.get_running_loop().create_task(notify())
-        self._notifiers.add(task)
-        task.add_done_callback(self._notifiers.discard)
+    def _fail_waiters(self, which: Callable[[_Waiter], bool], reason: str, message: str) -> None:
+        for waiter in list(self._waiters):
+            if which(waiter) and not waiter.future.done():
+                self._waiters.remove(waiter)
+                self.observer.rejected(reason)
+                waiter.future.set_exception(ServiceUnavailable(message, retry_after=2))
+
+    # -- adaptive concurrency (AIMD) ---------------------------------------------------
+    def _fresh_capacity(self, pid: int | None) -> _Capacity:
+        return _Capacity(min(INITIAL_TURN_LIMIT, self.max_turns_per_worker), pid=pid)
+
+    @staticmethod
+    def _slow_s(worker: Worker) -> float:
+        return worker.config.rpc_timeout_s * SLOW_START_FRACTION
+
+    def _congested(self, worker: Worker, signal: str) -> None:
+        """Multiplicative decrease: Codex refused a start ("refused") or answered late ("slow")."""
+        capacity = self._capacity[worker.id]
+        previous = capacity.limit
+        capacity.limit = max(1, capacity.limit // 2)
+        capacity.successes = 0
+        capacity.slow_start = False
+        self.observer.overloaded(worker.id, signal)
+        log.warning(
+            "worker overloaded",
+            worker=worker.id,
+            signal=signal,
+            limit=capacity.limit,
+            previous=previous,
+        )
+
+    def _succeeded(self, worker: Worker) -> None:
+        capacity = self._capacity[worker.id]
+        if capacity.limit >= self.max_turns_per_worker:
+            return
+        capacity.successes += 1
+        # One step per window of `limit` good starts: doubling during slow
+        # start, then +1 (the additive increase of TCP's congestion control).
+        if capacity.successes >= capacity.limit:
+            capacity.successes = 0
+            grown = capacity.limit * 2 if capacity.slow_start else capacity.limit + 1
+            capacity.limit = min(self.max_turns_per_worker, grown)
+            self._dispatch()
 
     def _worker_state_changed(self, worker: Worker, state: WorkerState) -> None:
         log.info("worker state", worker=worker.id, state=state.value)
-        self._wake()
+        if state is WorkerState.READY:
+            capacity = self._capacity[worker.id]
+            if capacity.pid != worker.pid:
+                # A new process starts over (slow start from INITIAL_TURN_LIMIT).
+                self._capacity[worker.id] = self._fresh_capacity(worker.pid)
+            self._dispatch()
+        else:
+            self._fail_waiters(
+                lambda w: w.on is worker, "no_worker", "The Codex worker of this turn is not ready."
+            )

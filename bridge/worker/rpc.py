@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Literal, Protocol
 
@@ -28,6 +29,12 @@ MAX_LINE_BYTES: Final = 64 * 1024 * 1024
 LOG_SNIPPET_CHARS: Final = 200
 # JSON-RPC "internal error", sent when a server-request handler fails.
 INTERNAL_ERROR: Final = -32603
+# The app-server's answer when its bounded ingress queue is full ("Server
+# overloaded; retry later."): backpressure, safe to retry after a backoff
+# because the request was never processed.
+SERVER_OVERLOADED: Final = -32001
+# The code given to an error object whose own code is missing or not an integer.
+MALFORMED_ERROR_CODE: Final = INTERNAL_ERROR
 
 NotificationHandler = Callable[[str, dict[str, Any]], None]
 ServerRequestHandler = Callable[[str, dict[str, Any]], Awaitable[Any]]
@@ -42,6 +49,27 @@ class RpcError(Exception):
         self.code = code
         self.message = message
         self.data = data
+
+
+class ServerOverloaded(RpcError):
+    """The peer refused a request because its ingress queue was full (`SERVER_OVERLOADED`)."""
+
+
+def rpc_error(error: Any) -> tuple[RpcError, bool]:
+    """The exception for a JSON-RPC error object, and whether the object was well-formed.
+
+    A peer can send anything: a string, a float or boolean code, a missing or
+    non-string message. None of that may escape the reader as an exception.
+    """
+    if not isinstance(error, dict):
+        return RpcError(MALFORMED_ERROR_CODE, str(error)[:LOG_SNIPPET_CHARS], None), False
+    code, message = error.get("code"), error.get("message")
+    well_formed = isinstance(code, int) and not isinstance(code, bool) and isinstance(message, str)
+    if not isinstance(code, int) or isinstance(code, bool):
+        code = MALFORMED_ERROR_CODE
+    text = message if isinstance(message, str) else ("" if message is None else str(message))
+    cls = ServerOverloaded if code == SERVER_OVERLOADED else RpcError
+    return cls(code, text, error.get("data")), well_formed
 
 
 class ConnectionClosed(Exception):
@@ -86,6 +114,8 @@ class RpcConnection:
         self._write_lock = asyncio.Lock()
         self._reader_task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
+        self.last_received = time.monotonic()
+        """When the peer last sent a line: a busy worker keeps sending, a hung one does not."""
         self.on_message: MessageHook | None = None
         self.on_error: Callable[[str, str], None] | None = None
         """Called with (method, "error" | "timeout" | "closed") when a request fails."""
@@ -184,6 +214,7 @@ class RpcConnection:
                 except asyncio.LimitOverrunError as exc:
                     await self._skip_oversized(exc.consumed)
                     continue
+                self.last_received = time.monotonic()
                 self._handle_line(line)
         except (ConnectionError, OSError) as exc:
             self._log.warning("rpc read failed", worker=self._name, error=str(exc))
@@ -203,6 +234,18 @@ class RpcConnection:
                 await reader.readexactly(exc.consumed)
 
     def _handle_line(self, line: bytes) -> None:
+        # Whatever the peer sends, the reader lives on: a crashed reader would
+        # leave every waiter hanging until its timeout, without a log line.
+        try:
+            self._dispatch_line(line)
+        except Exception:
+            self._log.exception(
+                "rpc message handling failed",
+                worker=self._name,
+                line=line[:LOG_SNIPPET_CHARS].decode(errors="replace"),
+            )
+
+    def _dispatch_line(self, line: bytes) -> None:
         try:
             message = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -222,6 +265,9 @@ class RpcConnection:
         if method is None:
             self._resolve(message)
             return
+        if not isinstance(method, str):
+            self._log.warning("rpc message with a non-string method skipped", worker=self._name)
+            return
         params = message.get("params")
         if not isinstance(params, dict):
             params = {}
@@ -236,19 +282,23 @@ class RpcConnection:
             self._log.exception("notification handler failed", worker=self._name, method=method)
 
     def _resolve(self, message: dict[str, Any]) -> None:
-        future = self._pending.get(message.get("id"))  # type: ignore[arg-type]
+        request_id = message.get("id")
+        future = None
+        if isinstance(request_id, int) and not isinstance(request_id, bool):
+            future = self._pending.get(request_id)
         if future is None or future.done():
-            self._log.debug("rpc answer for unknown id dropped", id=message.get("id"))
+            self._log.debug("rpc answer for unknown id dropped", id=repr(request_id)[:40])
             return
-        error = message.get("error")
-        if error is not None:
-            if not isinstance(error, dict):
-                error = {"message": str(error)}
-            future.set_exception(
-                RpcError(
-                    int(error.get("code") or 0), str(error.get("message") or ""), error.get("data")
+        if "error" in message and message["error"] is not None:
+            error, well_formed = rpc_error(message["error"])
+            if not well_formed:
+                self._log.warning(
+                    "rpc malformed error object",
+                    worker=self._name,
+                    id=request_id,
+                    error=repr(message["error"])[:LOG_SNIPPET_CHARS],
                 )
-            )
+            future.set_exception(error)
         else:
             future.set_result(message.get("result"))
 

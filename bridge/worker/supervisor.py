@@ -1,13 +1,22 @@
 """One supervised `codex app-server` worker: spawn, handshake, health, restart, stop.
 
-The supervisor loop keeps a worker process alive: it spawns it, performs the
-`initialize`/`initialized` handshake under a timeout, marks it ready, probes it
-periodically, and on exit restarts it with exponential backoff and jitter
-(reset after a healthy period). Turns in flight when the process dies end at
-once with `WorkerCrashed` through the thread router.
+The supervisor loop keeps a worker process alive: it (re)creates the
+worker's working directory, spawns the process, performs the
+`initialize`/`initialized` handshake under a timeout, lets the driver choose
+the dialect, marks it ready, and probes it every `health_interval_s` with
+the driver's probe (what a turn needs, not just an answer) plus a check that
+its working directory still exists. A request that times out on the worker
+marks it unready at once (`PROBING`) and probes it immediately. A probe that
+times out means the process hangs: it is SIGKILLed without the graceful
+stdin/SIGTERM wait; a failed probe or a vanished directory restart it
+gracefully. Restarts use exponential backoff with jitter (reset after a
+healthy period); turns in flight when the process ends fail at once with
+`WorkerCrashed` through the driver.
 
-Knows processes, JSON-RPC and the handshake; the per-turn protocol lives in
-`bridge.codex.v2`, and OpenAI shapes are unknown here.
+Knows processes and JSON-RPC. The Codex protocol (capabilities, dialect
+choice, thread routing, server requests, the probe) is behind `WorkerDriver`,
+injected by whoever builds the pool (`bridge.codex.dialect`); OpenAI shapes
+are unknown here.
 """
 
 from __future__ import annotations
@@ -24,29 +33,32 @@ from typing import Any, Final, Protocol
 
 import structlog
 
-from bridge.codex import v1
-from bridge.codex.server_requests import ServerRequestPolicy
-from bridge.codex.turn import Turn, TurnRequest
-from bridge.codex.v2 import OPT_OUT_NOTIFICATIONS, ThreadRouter, ThreadSettings, start_turn
 from bridge.errors import ServiceUnavailable
 from bridge.worker.process import ChildProcess, ProcessSpec
-from bridge.worker.rpc import ConnectionClosed, MessageHook, RpcConnection, RpcError, RpcTimeout
+from bridge.worker.rpc import (
+    ConnectionClosed,
+    MessageHook,
+    RpcConnection,
+    RpcError,
+    RpcTimeout,
+    ServerOverloaded,
+)
 
 log = structlog.get_logger("bridge.worker")
 
 CLIENT_NAME: Final = "codex-bridge"
-METHOD_NOT_FOUND: Final = -32601
 # Backoff jitter: each delay is scaled by a random factor in [1 - J, 1 + J] so
 # several workers (or instances) that died together do not restart in lockstep.
 BACKOFF_JITTER: Final = 0.2
-# The health probe is a cheap read that exercises the worker's request loop;
-# it gets the ordinary RPC timeout.
-HEALTH_PROBE_METHOD: Final = "thread/loaded/list"
+# Restart reasons after which the process is known to be hung: no stdin/SIGTERM grace.
+HUNG_REASONS: Final = frozenset({"unresponsive"})
 
 
 class WorkerState(enum.Enum):
     STARTING = "starting"
     READY = "ready"
+    PROBING = "probing"
+    """Alive but suspect (a request timed out): takes no new turns until a probe passes."""
     RESTARTING = "restarting"
     STOPPED = "stopped"
 
@@ -64,6 +76,8 @@ class WorkerConfig:
     healthy_reset_s: float
     health_interval_s: float
     stop_grace_s: float
+    max_queued_events: int = 4096
+    """Events one turn may buffer unread (`codex.max_queued_events`); read by the driver."""
     version: str = "0"
     dialect: str = "auto"
     """"v2", "v1", or "auto": v2 when the worker accepts thread/start, else v1."""
@@ -71,6 +85,32 @@ class WorkerConfig:
     """Sees every JSON-RPC message (tests validate them against the schema bundle)."""
 
 
+class WorkerDriver(Protocol):
+    """The app-server protocol as a worker needs it; `bridge.codex.dialect.CodexDriver`."""
+
+    @property
+    def name(self) -> str:
+        """The dialect the current process speaks (a metric label)."""
+        ...
+
+    def capabilities(self) -> dict[str, Any]: ...
+    def on_notification(self, method: str, params: dict[str, Any]) -> None: ...
+    async def on_server_request(self, method: str, params: dict[str, Any]) -> Any: ...
+
+    async def select(self, conn: RpcConnection) -> None:
+        """After the handshake: choose how to speak to this process."""
+        ...
+
+    async def probe(self, conn: RpcConnection) -> None:
+        """Exercise what a turn needs; raise RpcTimeout, ConnectionClosed or RpcError."""
+        ...
+
+    def connection_lost(self) -> None:
+        """The process is gone: end every turn it was running."""
+        ...
+
+
+DriverFactory = Callable[[WorkerConfig], WorkerDriver]
 StateListener = Callable[["Worker", WorkerState], None]
 
 
@@ -90,30 +130,27 @@ class Worker:
         worker_id: int,
         config: WorkerConfig,
         *,
+        driver: WorkerDriver,
         on_state: StateListener | None = None,
         observer: WorkerObserver | None = None,
     ) -> None:
         self.id = worker_id
         self.config = config
+        self.driver = driver
         self.state = WorkerState.STOPPED
         self.active_turns = 0
         self.restarts = 0
         self.pid: int | None = None
         self.user_agent: str | None = None
-        self.dialect = config.dialect if config.dialect != "auto" else "v2"
         self._on_state = on_state
         self._observer = observer
-        self._router = ThreadRouter()
-        self._policy = ServerRequestPolicy(self._router)
         self._conn: RpcConnection | None = None
         self._proc: ChildProcess | None = None
         self._ready = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._probe_now = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._log = log.bind(worker=worker_id)
-        self._thread_settings = ThreadSettings(
-            profile=config.profile, cwd=str(config.workdir), rpc_timeout_s=config.rpc_timeout_s
-        )
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -152,45 +189,16 @@ class Worker:
             self._proc.kill()
 
     # -- turns -------------------------------------------------------------------------
-    async def start_turn(self, request: TurnRequest) -> Turn:
+    @property
+    def dialect(self) -> str:
+        return self.driver.name
+
+    def connection(self) -> RpcConnection:
+        """The ready worker's connection, for the driver to start a turn on."""
         conn = self._conn
         if conn is None or not self.ready or conn.closed:
             raise ServiceUnavailable("No Codex worker is ready.", retry_after=1)
-        if self.dialect == "v1":
-            return await v1.start_turn(conn, self._router, request, self._thread_settings)
-        return await start_turn(conn, self._router, request, self._thread_settings)
-
-    async def _detect_dialect(self, conn: RpcConnection) -> str:
-        """v2 when the worker has what the v2 dialect uses (thread/start, thread/inject_items).
-
-        Codex 0.77 answers thread/start but not thread/inject_items, so it
-        gets v1, which it speaks fully.
-        """
-        if self.config.dialect != "auto":
-            return self.config.dialect
-        timeout = self.config.rpc_timeout_s
-        probe = {
-            "cwd": str(self.config.workdir),
-            "ephemeral": True,
-            "approvalPolicy": "never",
-            "sandbox": "read-only",
-        }
-        try:
-            started = await conn.request("thread/start", probe, timeout=timeout)
-            thread_id = started["thread"]["id"]
-        except (RpcError, KeyError, TypeError):
-            return "v1"
-        try:
-            await conn.request(
-                "thread/inject_items", {"threadId": thread_id, "items": []}, timeout=timeout
-            )
-        except RpcError as exc:
-            # Only an unknown method means "no v2 here"; other refusals are about the probe.
-            if exc.code == METHOD_NOT_FOUND or "unknown variant" in exc.message:
-                return "v1"
-        with contextlib.suppress(RpcError, RpcTimeout, ConnectionClosed):
-            await conn.request("thread/unsubscribe", {"threadId": thread_id}, timeout=timeout)
-        return "v2"
+        return conn
 
     async def request(self, method: str, params: Mapping[str, Any] | None) -> Any:
         """A plain RPC on the ready worker (model/list and the like)."""
@@ -230,7 +238,15 @@ class Worker:
     async def _run_once(self) -> str:
         """Run one process to its end; returns why it ended (a metric label)."""
         self._set_state(WorkerState.STARTING)
-        spec = ProcessSpec(argv=self.config.argv, env=self.config.env, cwd=str(self.config.workdir))
+        workdir = self.config.workdir
+        try:
+            # An operator or a cleanup job may have removed it; a cwd that does
+            # not exist fails the spawn (and on Codex 0.77 every turn).
+            workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            self._log.error("worker directory unusable", error=str(exc), path=str(workdir))
+            return "spawn_failed"
+        spec = ProcessSpec(argv=self.config.argv, env=self.config.env, cwd=str(workdir))
         try:
             proc = await ChildProcess.spawn(spec, logger=self._log, name=f"codex-{self.id}")
         except OSError as exc:
@@ -241,16 +257,16 @@ class Worker:
         conn = RpcConnection(
             proc.stdout,
             proc.stdin,
-            on_notification=self._on_notification,
-            on_server_request=self._policy.answer,
+            on_notification=self.driver.on_notification,
+            on_server_request=self.driver.on_server_request,
             logger=self._log,
             name=f"codex-{self.id}",
         )
-        if self._observer is not None:
-            conn.on_error = self._observer.rpc_failed
+        conn.on_error = self._rpc_failed
         conn.on_message = self.config.message_hook
         conn.start()
         self._conn = conn
+        self._probe_now.clear()
         reason = "exited"
         health: asyncio.Task[str] | None = None
         try:
@@ -259,10 +275,11 @@ class Worker:
                 reason = "handshake_failed"
                 return reason
             try:
-                self.dialect = await self._detect_dialect(conn)
-            except (RpcTimeout, ConnectionClosed) as exc:
+                await self.driver.select(conn)
+            except (RpcTimeout, ConnectionClosed, RpcError) as exc:
                 self._log.error("worker dialect detection failed", error=repr(exc))
-                return "handshake_failed"
+                reason = "handshake_failed"
+                return reason
             handshake_s = time.perf_counter() - t0
             if self._observer is not None:
                 self._observer.handshake(handshake_s)
@@ -284,9 +301,14 @@ class Worker:
             return reason
         finally:
             self._ready.clear()
+            if not self._stopping.is_set():
+                # Unready before anything is awaited: no new turn lands on a dying process.
+                self._set_state(WorkerState.RESTARTING)
             if health is not None:
                 health.cancel()
-            self._router.connection_lost()
+            if reason in HUNG_REASONS:
+                proc.kill()  # a hung process would only sit out the graceful waits
+            self.driver.connection_lost()
             await conn.close()
             code = await proc.stop(grace=self.config.stop_grace_s)
             self._conn = None
@@ -301,10 +323,7 @@ class Worker:
                 "title": CLIENT_NAME,
                 "version": self.config.version,
             },
-            "capabilities": {
-                "experimentalApi": True,
-                "optOutNotificationMethods": list(OPT_OUT_NOTIFICATIONS),
-            },
+            "capabilities": self.driver.capabilities(),
         }
         try:
             result = await conn.request(
@@ -318,25 +337,57 @@ class Worker:
             self.user_agent = str(result.get("userAgent") or "")
         return True
 
-    async def _probe_health(self, conn: RpcConnection) -> str:
-        """Returns only when the worker stopped answering; the caller then restarts it."""
-        while True:
-            await asyncio.sleep(self.config.health_interval_s)
-            try:
-                await conn.request(HEALTH_PROBE_METHOD, {}, timeout=self.config.rpc_timeout_s)
-            except RpcError:
-                continue  # an answer, even an error, proves the loop is alive
-            except RpcTimeout:
-                self._log.error("worker health probe timed out; restarting it")
-                return "unresponsive"
-            except ConnectionClosed:
-                return "exited"
+    def _rpc_failed(self, method: str, kind: str) -> None:
+        if self._observer is not None:
+            self._observer.rpc_failed(method, kind)
+        if kind == "timeout" and self.state is WorkerState.READY:
+            # A worker that lets a request time out may hang: take no new turns
+            # on it until the probe (run now, not at the next interval) says
+            # it is fine.
+            self._log.warning("worker request timed out; probing it", method=method)
+            self._set_state(WorkerState.PROBING)
+            self._probe_now.set()
 
-    def _on_notification(self, method: str, params: dict[str, Any]) -> None:
-        if method == "configWarning" or (method == "warning" and "threadId" not in params):
-            self._log.warning("codex warning", method=method, summary=params.get("summary"))
-            return
-        self._router.dispatch(method, params)
+    async def _probe_health(self, conn: RpcConnection) -> str:
+        """Returns only when the worker must be replaced; the caller then restarts it."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.health_interval_s):
+                    await self._probe_now.wait()
+            self._probe_now.clear()
+            reason = await self._check(conn)
+            if reason is not None:
+                return reason
+            if self.state is WorkerState.PROBING:
+                self._log.info("worker probe passed; ready again")
+                self._set_state(WorkerState.READY)
+
+    async def _check(self, conn: RpcConnection) -> str | None:
+        """One health check: None when the worker can run turns, else why it cannot."""
+        if not self.config.workdir.is_dir():
+            self._log.error(
+                "worker directory vanished; restarting it", path=str(self.config.workdir)
+            )
+            return "workdir_missing"
+        probe_started = time.monotonic()
+        try:
+            await self.driver.probe(conn)
+        except ServerOverloaded:
+            return None  # busy, not broken: the answer proves the loop is alive
+        except RpcTimeout:
+            if conn.last_received >= probe_started:
+                # Slow, not hung: it kept sending (other turns' events) while
+                # the probe waited. Killing it would end every running turn.
+                self._log.warning("worker health probe slow; the worker is busy, not hung")
+                return None
+            self._log.error("worker health probe timed out; killing it")
+            return "unresponsive"
+        except ConnectionClosed:
+            return "exited"
+        except RpcError as exc:
+            self._log.error("worker health probe failed; restarting it", error=str(exc))
+            return "probe_failed"
+        return None
 
     def _set_state(self, state: WorkerState) -> None:
         if state is self.state:

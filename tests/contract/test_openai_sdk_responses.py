@@ -8,11 +8,14 @@ from typing import Any
 import openai
 import orjson
 import pytest
-from openai.types.responses import Response, ResponseStreamEvent
+from openai.types.responses import Response, ResponseItemList, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from bridge.api.pending import PENDING
+from bridge.appkeys import STORE
 from bridge.demo import DEMO_MODEL_ID
+from bridge.store import ANONYMOUS_OWNER
+from bridge.tokens import count_tokens
 from tests.harness import RunningBridge, bridge_test_settings, running_bridge
 
 EVENT = TypeAdapter(ResponseStreamEvent)
@@ -228,3 +231,149 @@ async def test_previous_response_id_survives_a_bridge_restart(tmp_path: Path) ->
                 model=DEMO_MODEL_ID, input="[[echo_input]]", previous_response_id=first.id
             )
     assert "assistant: 42" in second.output_text.splitlines()
+
+
+# -- the rest of the Responses API: delete, input items, input tokens, cancel, echo ----------
+
+
+def _rollouts(bridge: RunningBridge, thread_id: str) -> list[Path]:
+    home = Path(bridge.settings.codex.home or "")
+    return list(home.glob(f"sessions/*/*/*/rollout-*-{thread_id}.jsonl"))
+
+
+async def test_delete_removes_the_response_and_its_codex_thread(
+    bridge: RunningBridge, client: openai.AsyncOpenAI
+) -> None:
+    response = await client.responses.create(model=DEMO_MODEL_ID, input="[[reply=bye]]")
+    record = await bridge.app[STORE].get(response.id, ANONYMOUS_OWNER)
+    assert record is not None and record.thread_id is not None
+    assert _rollouts(bridge, record.thread_id)
+    raw = await client.responses.with_raw_response.delete(response.id)
+    assert orjson.loads(raw.content) == {"id": response.id, "object": "response", "deleted": True}
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(response.id)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.delete(response.id)
+    assert not _rollouts(bridge, record.thread_id)
+
+
+async def test_input_items_are_listed_with_openai_cursor_pagination(
+    client: openai.AsyncOpenAI,
+) -> None:
+    response = await client.responses.create(
+        model=DEMO_MODEL_ID,
+        input=[
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "noted"},
+            {"role": "user", "content": [{"type": "input_text", "text": "second [[reply=x]]"}]},
+        ],
+    )
+    raw = await client.responses.input_items.with_raw_response.list(
+        response.id, order="asc", limit=3
+    )
+    page = ResponseItemList.model_validate(orjson.loads(raw.content))
+    assert [item.role for item in page.data] == ["developer", "user", "assistant"]  # type: ignore[union-attr]
+    assert page.has_more is True
+    assert (page.first_id, page.last_id) == (page.data[0].id, page.data[-1].id)
+    rest = await client.responses.input_items.list(response.id, order="asc", after=page.last_id)
+    assert [item.role for item in rest.data] == ["user"]  # type: ignore[union-attr]
+    assert rest.has_more is False
+    # The SDK follows the cursor through every page; newest first by default.
+    newest_first = [item async for item in client.responses.input_items.list(response.id, limit=1)]
+    assert [item.id for item in newest_first] == [i.id for i in [*page.data, *rest.data]][::-1]
+    assert newest_first[0].content[0].text == "second [[reply=x]]"  # type: ignore[union-attr,index]
+    with pytest.raises(openai.BadRequestError) as error:
+        await client.responses.input_items.list(response.id, limit=101)
+    assert error.value.param == "limit"
+
+
+async def test_input_tokens_are_counted_not_taken_for_a_response_id(
+    client: openai.AsyncOpenAI,
+) -> None:
+    counted = await client.responses.input_tokens.count(
+        model=DEMO_MODEL_ID, instructions="Be brief.", input="Hello there, how are you?"
+    )
+    assert counted.object == "response.input_tokens"
+    assert counted.input_tokens == count_tokens("Be brief.") + count_tokens(
+        "Hello there, how are you?"
+    )
+    with pytest.raises(openai.NotFoundError) as error:
+        await client.responses.input_tokens.count(model="no-such-model", input="x")
+    assert error.value.code == "model_not_found"
+
+
+async def test_cancel_is_a_clear_400_for_a_response_that_was_not_background(
+    client: openai.AsyncOpenAI,
+) -> None:
+    response = await client.responses.create(model=DEMO_MODEL_ID, input="[[reply=done]]")
+    with pytest.raises(openai.BadRequestError) as error:
+        await client.responses.cancel(response.id)
+    assert "background" in error.value.message
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.cancel("resp_nope")
+
+
+async def test_the_response_echoes_the_request_as_sent(client: openai.AsyncOpenAI) -> None:
+    raw = await client.responses.with_raw_response.create(
+        model=DEMO_MODEL_ID,
+        input="[[reply=echo]]",
+        tools=[WEATHER_TOOL],
+        tool_choice="auto",
+        text={"format": {"type": "text"}, "verbosity": "low"},
+        reasoning={"effort": "low"},
+        metadata={"run": "7"},
+        max_output_tokens=64,
+        parallel_tool_calls=False,
+    )
+    body = orjson.loads(raw.content)
+    Response.model_validate(body)
+    assert body["tools"] == [WEATHER_TOOL]
+    assert body["tool_choice"] == "auto"
+    assert body["text"] == {"format": {"type": "text"}, "verbosity": "low"}
+    assert body["reasoning"]["effort"] == "low"
+    assert body["metadata"] == {"run": "7"}
+    assert body["max_output_tokens"] == 64
+    assert body["parallel_tool_calls"] is False
+    named = await client.responses.create(
+        model=DEMO_MODEL_ID,
+        input='[[tool=get_weather]] [[args={"city":"Oslo"}]]',
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "function", "name": "get_weather"},
+    )
+    assert named.tool_choice.type == "function"  # type: ignore[union-attr]
+
+
+async def test_a_failed_response_marks_its_cut_message_incomplete(
+    client: openai.AsyncOpenAI,
+) -> None:
+    async with client.responses.with_streaming_response.create(
+        model=DEMO_MODEL_ID, input="[[words=5]] [[fail_after=2]]", stream=True
+    ) as raw:
+        lines = [line async for line in raw.iter_lines()]
+    events = [orjson.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    done = [e for e in events if e["type"] == "response.output_item.done"]
+    assert [e["item"]["status"] for e in done] == ["incomplete"]
+    final = Response.model_validate(events[-1]["response"])
+    assert final.status == "failed"
+    assert [item.status for item in final.output] == ["incomplete"]  # type: ignore[union-attr]
+
+
+async def test_a_response_is_stored_before_its_final_event_reaches_the_client(
+    client: openai.AsyncOpenAI,
+) -> None:
+    for i in range(20):
+        async with client.responses.stream(
+            model=DEMO_MODEL_ID, input=f"turn {i} [[reply=r{i}]]"
+        ) as stream:
+            async for event in stream:
+                if event.type == "response.completed":
+                    # Still inside the stream: the handler has not finished yet.
+                    got = await client.responses.retrieve(event.response.id)
+                    assert got.output_text == f"r{i}"
+                    follow = await client.responses.create(
+                        model=DEMO_MODEL_ID,
+                        input="[[echo_input]]",
+                        previous_response_id=event.response.id,
+                    )
+                    assert f"assistant: r{i}" in follow.output_text.splitlines()

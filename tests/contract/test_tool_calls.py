@@ -200,3 +200,207 @@ async def test_legacy_functions_round_trip_with_function_call(client: openai.Asy
         model=DEMO_MODEL_ID, messages=messages, functions=functions
     )
     assert second.choices[0].message.content == "Tool results: Windy"
+
+
+# -- tool_choice kept ------------------------------------------------------------------------
+def _offered(body: dict[str, Any]) -> set[str]:
+    return {str(tool.get("name")) for tool in body.get("tools") or []}
+
+
+def _forced_names(body: dict[str, Any]) -> list[str]:
+    """The function names the upstream output schema allows, in order."""
+    call = body["text"]["format"]["schema"]["properties"]["call"]
+    return [branch["properties"]["name"]["const"] for branch in call.get("anyOf", [call])]
+
+
+async def test_required_tool_choice_yields_a_tool_call_when_the_model_would_answer_text(
+    bridge: RunningBridge, client: openai.AsyncOpenAI
+) -> None:
+    messages: list[Any] = [{"role": "user", "content": "Just say hello."}]
+    chatty = await client.chat.completions.create(
+        model=DEMO_MODEL_ID, messages=messages, tools=TOOLS
+    )
+    assert chatty.choices[0].finish_reason == "stop"  # left to itself, the model answers text
+    raw = await client.chat.completions.with_raw_response.create(
+        model=DEMO_MODEL_ID, messages=messages, tools=TOOLS, tool_choice="required"
+    )
+    forced = ChatCompletion.model_validate(orjson.loads(raw.content))
+    choice = forced.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    (call,) = choice.message.tool_calls or []
+    assert call.id.startswith("call_")
+    assert call.function.name == "get_weather"
+    # The model answered null for the optional `city` (strict mode makes it
+    # nullable); an absent argument is what the client's schema means.
+    assert json.loads(call.function.arguments) == {}
+    assert "tool_choice" not in raw.headers.get("x-codex-bridge-ignored-params", "")
+    upstream = bridge.demo.requests[-1]
+    # The model could only answer with a call: the functions became its output schema.
+    assert _forced_names(upstream) == ["get_weather", "get_time"]
+    assert upstream["text"]["format"]["strict"] is True
+    assert not {"get_weather", "get_time"} & _offered(upstream)
+    # A forced call is complete when it is returned: nothing waits for its result.
+    assert len(bridge.app[PENDING]) == 0
+
+
+async def test_named_tool_choice_calls_that_function_with_schema_valid_arguments(
+    bridge: RunningBridge, client: openai.AsyncOpenAI
+) -> None:
+    completion = await client.chat.completions.create(
+        model=DEMO_MODEL_ID,
+        messages=[{"role": "user", "content": 'Paris? [[args={"city":"Paris"}]]'}],
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False,
+    )
+    (call,) = completion.choices[0].message.tool_calls or []
+    assert (call.function.name, json.loads(call.function.arguments)) == (
+        "get_weather",
+        {"city": "Paris"},
+    )
+    upstream = bridge.demo.requests[-1]
+    assert _forced_names(upstream) == ["get_weather"]
+    arguments = upstream["text"]["format"]["schema"]["properties"]["call"]["properties"]
+    # The optional `city` is required-but-nullable, as strict mode wants it.
+    assert arguments["arguments"]["required"] == ["city"]
+    assert arguments["arguments"]["additionalProperties"] is False
+
+
+async def test_streamed_forced_call_reaches_the_sdk_stream_helper_as_a_tool_call(
+    client: openai.AsyncOpenAI,
+) -> None:
+    async with client.chat.completions.stream(
+        model=DEMO_MODEL_ID,
+        messages=[{"role": "user", "content": "What time is it?"}],
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    ) as stream:
+        async for _ in stream:
+            pass
+        final = await stream.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert not choice.message.content
+    (call,) = choice.message.tool_calls or []
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_time", {})
+
+
+async def test_forced_call_result_continues_on_a_fresh_turn_with_the_call_replayed(
+    bridge: RunningBridge, client: openai.AsyncOpenAI
+) -> None:
+    messages: list[Any] = [{"role": "user", "content": "Weather in Rome?"}]
+    first = await client.chat.completions.create(
+        model=DEMO_MODEL_ID, messages=messages, tools=TOOLS, tool_choice="required"
+    )
+    message = first.choices[0].message
+    (call,) = message.tool_calls or []
+    second = await client.chat.completions.create(
+        model=DEMO_MODEL_ID, messages=follow_up(messages, message, {call.id: "Hot"}), tools=TOOLS
+    )
+    assert second.choices[0].message.content == "Tool results: Hot"
+    upstream = bridge.demo.requests[-1]["input"]
+    assert [i["type"] for i in upstream[-2:]] == ["function_call", "function_call_output"]
+    assert upstream[-2]["call_id"] == upstream[-1]["call_id"] == call.id
+
+
+async def test_forced_call_the_model_does_not_make_is_an_upstream_error_not_text(
+    client: openai.AsyncOpenAI,
+) -> None:
+    with pytest.raises(openai.InternalServerError) as error:
+        await client.chat.completions.create(
+            model=DEMO_MODEL_ID,
+            messages=[{"role": "user", "content": "[[reply=I would rather chat.]]"}],
+            tools=TOOLS,
+            tool_choice="required",
+        )
+    assert error.value.status_code == 502
+    assert error.value.code == "invalid_tool_call_output"
+
+
+async def test_tool_choice_naming_no_offered_function_is_a_400(
+    client: openai.AsyncOpenAI,
+) -> None:
+    with pytest.raises(openai.BadRequestError) as unknown:
+        await client.chat.completions.create(
+            model=DEMO_MODEL_ID,
+            messages=[{"role": "user", "content": "x"}],
+            tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "get_stock"}},
+        )
+    assert unknown.value.param == "tool_choice"
+    with pytest.raises(openai.BadRequestError) as no_tools:
+        await client.chat.completions.create(
+            model=DEMO_MODEL_ID, messages=[{"role": "user", "content": "x"}], tool_choice="required"
+        )
+    assert no_tools.value.param == "tool_choice"
+
+
+async def test_allowed_tools_offer_only_the_listed_functions(
+    bridge: RunningBridge, client: openai.AsyncOpenAI
+) -> None:
+    allowed: Any = {
+        "type": "allowed_tools",
+        "allowed_tools": {
+            "mode": "auto",
+            "tools": [{"type": "function", "function": {"name": "get_time"}}],
+        },
+    }
+    completion = await client.chat.completions.create(
+        model=DEMO_MODEL_ID,
+        messages=[{"role": "user", "content": "[[echo_tools]]"}],
+        tools=TOOLS,
+        tool_choice=allowed,
+    )
+    offered = completion.choices[0].message.content or ""
+    assert "get_time" in offered and "get_weather" not in offered
+
+
+async def test_responses_named_tool_choice_yields_a_function_call_item(
+    bridge: RunningBridge, client: openai.AsyncOpenAI
+) -> None:
+    tools: Any = [
+        {
+            "type": "function",
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": TOOLS[0]["function"]["parameters"],
+        },
+        {"type": "function", "name": "get_time", "description": "Current time"},
+    ]
+    response = await client.responses.create(
+        model=DEMO_MODEL_ID,
+        input='Tell me a joke. [[args={"city":"Lima"}]]',
+        tools=tools,
+        tool_choice={"type": "function", "name": "get_weather"},
+    )
+    (item,) = response.output
+    assert item.type == "function_call"
+    assert (item.name, json.loads(item.arguments)) == ("get_weather", {"city": "Lima"})
+    assert item.call_id.startswith("call_")
+    upstream = bridge.demo.requests[-1]
+    assert _forced_names(upstream) == ["get_weather"]
+    assert not {"get_weather", "get_time"} & _offered(upstream)
+
+
+async def test_responses_forced_call_result_by_previous_response_id_replays_the_call(
+    bridge: RunningBridge, client: openai.AsyncOpenAI
+) -> None:
+    tools: Any = [{"type": "function", "name": "get_time", "description": "Current time"}]
+    first = await client.responses.create(
+        model=DEMO_MODEL_ID, input="Time?", tools=tools, tool_choice="required"
+    )
+    (call,) = first.output
+    assert call.type == "function_call"
+    second = await client.responses.create(
+        model=DEMO_MODEL_ID,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "noon"}],
+        tools=tools,
+    )
+    assert second.output_text == "Tool results: noon"
+    upstream = bridge.demo.requests[-1]["input"]
+    assert [(i["type"], i.get("call_id")) for i in upstream[-2:]] == [
+        ("function_call", call.call_id),
+        ("function_call_output", call.call_id),
+    ]

@@ -2,10 +2,16 @@
 
 Reads JSON lines on stdin and answers a few methods:
 initialize, echo, slow{ms}, never, notify_me{n}, ask_me, crash, garbage,
-big{size}, thread/loaded/list. Options: --stderr-flood N (write N stderr
-lines first), --crash-after-init (exit 3 right after answering initialize),
---hang-health (never answer thread/loaded/list), --ignore-term (survive
-SIGTERM and stdin EOF). Stdlib only, so it starts fast.
+big{size}, bad_error{shape}, bad_id, thread/loaded/list, and a minimal v2
+turn life cycle (thread/start, turn/start, turn/interrupt,
+thread/unsubscribe) whose turns stay running until interrupted or
+unsubscribed. Options: --stderr-flood N (write N stderr lines first, every
+tenth carrying a fake credential), --crash-after-init (exit 3 right after
+answering initialize), --no-init (never answer initialize), --hang-health
+(never answer thread/loaded/list or thread/start), --max-threads K (answer
+thread/start with the app-server's overload error -32001 while K threads
+are open), --ignore-term (survive SIGTERM and stdin EOF). Stdlib only, so
+it starts fast.
 """
 
 from __future__ import annotations
@@ -18,6 +24,18 @@ import threading
 import time
 
 out_lock = threading.Lock()
+# Printed on stderr by --stderr-flood; must never reach a log line.
+FAKE_SECRET = "sk-fakesecret0123456789abcdef"
+# Malformed JSON-RPC error objects, by name (`bad_error{shape}`).
+BAD_ERRORS: dict[str, object] = {
+    "string_code": {"code": "oops", "message": "string code"},
+    "float_code": {"code": 1.5, "message": "float code"},
+    "bool_code": {"code": True, "message": "bool code"},
+    "no_message": {"code": -32000},
+    "list_message": {"code": -32000, "message": ["not", "a", "string"]},
+    "not_an_object": "just a string",
+    "empty": {},
+}
 
 
 def send(message: dict) -> None:
@@ -38,12 +56,17 @@ def main() -> int:
     parser.add_argument("--crash-after-init", action="store_true")
     parser.add_argument("--hang-health", action="store_true")
     parser.add_argument("--ignore-term", action="store_true")
+    parser.add_argument("--no-init", action="store_true")
+    parser.add_argument("--max-threads", type=int, default=-1)
     args = parser.parse_args()
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for i in range(args.stderr_flood):
-        sys.stderr.write(f"stderr line {i} " + "x" * 100 + "\n")
+        secret = f" Authorization: Bearer {FAKE_SECRET}" if i % 10 == 0 else ""
+        sys.stderr.write(f"stderr line {i}{secret} " + "x" * 100 + "\n")
     sys.stderr.flush()
+    open_threads: set[str] = set()
+    thread_ids = iter(range(1, 1 << 30))
 
     answers: dict[int, object] = {}
     answered = threading.Condition()
@@ -62,6 +85,8 @@ def main() -> int:
         if mid is None:
             continue
         if method == "initialize":
+            if args.no_init:
+                continue
             send({"id": mid, "result": {"userAgent": "fake/0.0.0"}})
             if args.crash_after_init:
                 sys.stdout.flush()
@@ -96,7 +121,37 @@ def main() -> int:
             send({"id": mid, "result": "x" * int(params.get("size", 1000))})
         elif method == "thread/loaded/list":
             if not args.hang_health:
-                send({"id": mid, "result": {"data": []}})
+                send({"id": mid, "result": {"data": sorted(open_threads)}})
+        elif method == "thread/start":
+            if args.hang_health:
+                continue
+            if 0 <= args.max_threads <= len(open_threads):
+                send(
+                    {
+                        "id": mid,
+                        "error": {"code": -32001, "message": "Server overloaded; retry later."},
+                    }
+                )
+                continue
+            thread_id = f"thr_{next(thread_ids)}"
+            open_threads.add(thread_id)
+            send({"id": mid, "result": {"thread": {"id": thread_id}}})
+        elif method == "turn/start":
+            send({"id": mid, "result": {"turn": {"id": f"turn_{params.get('threadId')}"}}})
+        elif method == "turn/interrupt":
+            thread_id = str(params.get("threadId"))
+            turn = {"id": f"turn_{thread_id}", "status": "interrupted", "error": None}
+            send({"method": "turn/completed", "params": {"threadId": thread_id, "turn": turn}})
+            send({"id": mid, "result": {}})
+        elif method == "thread/unsubscribe":
+            open_threads.discard(str(params.get("threadId")))
+            send({"id": mid, "result": {"status": "unsubscribed"}})
+        elif method == "bad_error":
+            send({"id": mid, "error": BAD_ERRORS[str(params.get("shape"))]})
+        elif method == "bad_id":
+            raw(json.dumps({"id": [mid], "result": "unhashable id"}))
+            raw(json.dumps({"id": {"x": 1}, "error": {"code": 1, "message": "dict id"}}))
+            send({"id": mid, "result": "after bad ids"})
         else:
             send({"id": mid, "error": {"code": -32600, "message": f"unknown method {method}"}})
     if args.ignore_term:

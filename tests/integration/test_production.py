@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,55 @@ async def test_identity_header_from_a_trusted_proxy_is_believed(keyed: RunningBr
             headers={"X-Bridge-Key-Name": "bob"},
         ) as r:
             assert r.status == 200
+
+
+async def test_identity_header_naming_an_unknown_key_is_401_and_a_known_one_keeps_its_cap(
+    keyed: RunningBridge,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{keyed.base_url}/v1/chat/completions",
+            json=chat_body("[[reply=nobody]]"),
+            headers={"X-Bridge-Key-Name": "nobody-at-all"},
+        ) as r:
+            assert r.status == 401
+            assert r.headers["WWW-Authenticate"].startswith("Bearer")
+            assert set((await r.json())["error"]) == {"message", "type", "param", "code"}
+        async with http.post(
+            f"{keyed.base_url}/v1/chat/completions",
+            json=chat_body("[[reply=alice]]"),
+            headers={"X-Bridge-Key-Name": "alice"},
+        ) as r:
+            assert r.status == 200
+            assert r.headers["x-ratelimit-limit-requests"] == "2"  # alice's cap applies
+
+
+async def test_forward_auth_ignores_the_identity_header_and_wants_the_bearer_token(
+    keyed: RunningBridge,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(
+            f"{keyed.base_url}/auth/verify", headers={"X-Bridge-Key-Name": "bob"}
+        ) as r:
+            assert r.status == 401
+            assert "X-Bridge-Key-Name" not in r.headers
+        async with http.get(
+            f"{keyed.base_url}/auth/verify",
+            headers={"Authorization": f"Bearer {BOB}", "X-Bridge-Key-Name": "alice"},
+        ) as r:
+            assert r.status == 204
+            assert r.headers["X-Bridge-Key-Name"] == "bob"
+
+
+async def test_forward_auth_refuses_everyone_when_no_keys_are_configured(
+    bridge: RunningBridge,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{bridge.base_url}/auth/verify") as r:
+            assert r.status == 403
+            error = (await r.json())["error"]
+            assert "verify_without_keys" in error["message"]
+            assert "X-Bridge-Key-Name" not in r.headers
 
 
 async def test_per_key_concurrency_limit_queues_and_reports_rate_limit_headers(
@@ -209,8 +259,6 @@ async def test_metrics_expose_the_documented_series_with_bounded_labels(
 
 
 async def test_usage_ledger_totals_per_key_and_model_by_day(keyed: RunningBridge) -> None:
-    import time
-
     start = int(time.time()) - 60
     auth = {"Authorization": f"Bearer {BOB}"}
     async with aiohttp.ClientSession() as http:
@@ -226,9 +274,6 @@ async def test_usage_ledger_totals_per_key_and_model_by_day(keyed: RunningBridge
         ) as r:
             assert r.status == 200
             page = await r.json()
-        async with http.get(f"{keyed.base_url}/v1/usage", headers=auth) as r:
-            assert r.status == 400
-            assert (await r.json())["error"]["param"] == "start_time"
         async with http.get(f"{keyed.base_url}/v1/usage", params={"start_time": "1"}) as r:
             assert r.status == 401
     assert page["object"] == "page"
@@ -238,3 +283,38 @@ async def test_usage_ledger_totals_per_key_and_model_by_day(keyed: RunningBridge
     assert sum(res["num_model_requests"] for res in bob) >= 2
     assert sum(res["output_tokens"] for res in bob) >= 6
     assert sum(res["input_cached_tokens"] for res in bob) >= 4
+
+
+async def test_usage_without_parameters_answers_today_for_the_callers_key(
+    keyed: RunningBridge,
+) -> None:
+    auth = {"Authorization": f"Bearer {BOB}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{keyed.base_url}/v1/chat/completions", json=chat_body("[[reply=today]]"), headers=auth
+        ) as r:
+            assert r.status == 200
+        async with http.get(f"{keyed.base_url}/v1/usage", headers=auth) as r:
+            assert r.status == 200
+            page = await r.json()
+    assert len(page["data"]) == 1  # one day bucket: today, UTC
+    bucket = page["data"][0]
+    assert bucket["start_time"] % 86_400 == 0
+    assert bucket["start_time"] <= time.time() < bucket["start_time"] + 86_400
+    assert {res["api_key_name"] for res in bucket["results"]} == {"bob"}
+    assert sum(res["num_model_requests"] for res in bucket["results"]) >= 1
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "1" + "0" * 22, "-5", "1e3", " 7", "\u0661"])
+async def test_usage_time_parameters_that_are_not_unix_seconds_are_400(
+    keyed: RunningBridge, value: str
+) -> None:
+    auth = {"Authorization": f"Bearer {BOB}"}
+    async with aiohttp.ClientSession() as http:
+        for name in ("start_time", "end_time"):
+            async with http.get(
+                f"{keyed.base_url}/v1/usage", params={name: value}, headers=auth
+            ) as r:
+                assert r.status == 400, (name, value)
+                error = (await r.json())["error"]
+                assert error["param"] == name

@@ -73,8 +73,17 @@ async def daemon(tmp_path: Path, notify_socket: socket.socket) -> AsyncIterator[
         "0",
         "--codex-home",
         str(tmp_path / "home"),
+        "--state-dir",
+        str(tmp_path / "state"),
         stdout=asyncio.subprocess.PIPE,
-        env={**env, "BRIDGE_SHUTDOWN_TIMEOUT_S": "20", "BRIDGE_SSE_KEEPALIVE_S": "0.2"},
+        env={
+            **env,
+            "BRIDGE_SHUTDOWN_TIMEOUT_S": "20",
+            "BRIDGE_SSE_KEEPALIVE_S": "0.2",
+            # Streams hold their headers for the first content up to this long;
+            # the keepalive test's first token comes later than that.
+            "BRIDGE_STREAM_HEADER_HOLD_S": "0.2",
+        },
     )
     d = Daemon(proc)
     try:
@@ -176,7 +185,7 @@ async def test_serve_with_a_legacy_codex_bin_detects_v1_and_streams(tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bridge", "serve", "--demo", "--port", "0",
-        "--codex-home", str(tmp_path / "home"),
+        "--codex-home", str(tmp_path / "home"), "--state-dir", str(tmp_path / "state"),
         "--codex-bin", ".codex-legacy/node_modules/.bin/codex",  # relative to the cwd
         stdout=asyncio.subprocess.PIPE,
         cwd=root,

@@ -1,4 +1,4 @@
-"""API key parsing, hashing and the trusted-proxy rule (no network)."""
+"""API key parsing, hashing, the trusted-proxy rule and /auth/verify's decisions (no network)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
-from bridge.ops.auth import AuthPolicy, KeyFormatError, KeyStore, parse_key_entry
+from bridge.errors import AuthenticationFailed, PermissionDenied
+from bridge.ops.access import ACCESS, AccessRecord
+from bridge.ops.auth import AUTH, AuthPolicy, KeyFormatError, KeyStore, parse_key_entry, verify
 
 
 def test_key_entries_parse_with_optional_name_and_limit() -> None:
@@ -59,3 +63,104 @@ def test_identity_header_is_trusted_only_from_configured_proxies() -> None:
     assert policy.protects("/v1/chat/completions")
     assert policy.protects("/v1/models")
     assert not policy.protects("/healthz")
+
+
+# --- identity header, /auth/verify, and the public paths (issue 8, item 7) -----------------
+
+ALICE_KEY = "sk-alice-0123456789"
+
+
+def _policy(**overrides: object) -> AuthPolicy:
+    values: dict[str, object] = {
+        "store": KeyStore([parse_key_entry(f"alice:{ALICE_KEY}:2", default_name="k")]),
+        "protect_models": True,
+        "trusted_proxies": (ipaddress.ip_network("10.0.0.0/24"),),
+        "identity_header": "X-Bridge-Key-Name",
+    }
+    values.update(overrides)
+    return AuthPolicy(**values)  # type: ignore[arg-type]
+
+
+def _request(path: str, headers: dict[str, str], *, remote: str, policy: AuthPolicy) -> web.Request:
+    app = web.Application()
+    app[AUTH] = policy
+    request = make_mocked_request("GET", path, headers=headers, app=app).clone(remote=remote)
+    request[ACCESS] = AccessRecord(request_id="req_test", started=0.0)
+    return request
+
+
+def test_identity_header_naming_an_unknown_key_is_refused_even_from_a_trusted_proxy() -> None:
+    policy = _policy()
+    known = _request(
+        "/v1/chat/completions", {"X-Bridge-Key-Name": "alice"}, remote="10.0.0.7", policy=policy
+    )
+    assert policy.authenticate(known).max_concurrent == 2  # the named key's cap applies
+    stranger = _request(
+        "/v1/chat/completions",
+        {"X-Bridge-Key-Name": "nobody-at-all"},
+        remote="10.0.0.7",
+        policy=policy,
+    )
+    with pytest.raises(AuthenticationFailed) as caught:
+        policy.authenticate(stranger)
+    assert caught.value.headers()["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_verify_authenticates_the_bearer_token_and_never_the_identity_header() -> None:
+    policy = _policy()
+    named_only = _request(
+        "/auth/verify", {"X-Bridge-Key-Name": "alice"}, remote="10.0.0.7", policy=policy
+    )
+    with pytest.raises(AuthenticationFailed):
+        await verify(named_only)
+    bearer = _request(
+        "/auth/verify", {"Authorization": f"Bearer {ALICE_KEY}"}, remote="10.0.0.7", policy=policy
+    )
+    answer = await verify(bearer)
+    assert answer.status == 204
+    assert answer.headers["X-Bridge-Key-Name"] == "alice"
+
+
+async def test_verify_without_keys_refuses_unless_the_operator_opts_in() -> None:
+    refusing = _policy(store=KeyStore([]))
+    with pytest.raises(PermissionDenied) as caught:
+        await verify(_request("/auth/verify", {}, remote="127.0.0.1", policy=refusing))
+    assert "verify_without_keys" in caught.value.message
+    approving = _policy(store=KeyStore([]), verify_without_keys=True)
+    answer = await verify(_request("/auth/verify", {}, remote="127.0.0.1", policy=approving))
+    assert answer.status == 204
+
+
+@pytest.mark.parametrize(
+    ("forwarded_uri", "protect_models", "status"),
+    [
+        ("/v1/models", False, 204),
+        ("/v1/models/codex-demo?x=1", False, 204),
+        ("/v1/models", True, 401),
+        ("/v1/models/../chat/completions", False, 401),
+        ("//v1/chat/completions", False, 401),
+        ("/v1/chat/completions", False, 401),
+        (None, False, 401),
+    ],
+)
+async def test_verify_applies_protect_models_to_the_forwarded_uri(
+    forwarded_uri: str | None, protect_models: bool, status: int
+) -> None:
+    policy = _policy(protect_models=protect_models)
+    headers = {"X-Forwarded-Uri": forwarded_uri} if forwarded_uri is not None else {}
+    request = _request("/auth/verify", headers, remote="127.0.0.1", policy=policy)
+    try:
+        answer = await verify(request)
+    except AuthenticationFailed as exc:
+        assert status == exc.status
+    else:
+        assert answer.status == status
+        assert "X-Bridge-Key-Name" not in answer.headers  # no identity vouched for
+
+
+def test_every_path_but_the_public_ones_needs_a_key() -> None:
+    policy = _policy(protect_models=False)
+    for path in ("/v1/chat/completions", "//v1/chat/completions", "/v2/anything", "/"):
+        assert policy.protects(path), path
+    for path in ("/healthz", "/readyz", "/metrics", "/auth/verify", "/v1/models"):
+        assert not policy.protects(path), path

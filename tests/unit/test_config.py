@@ -14,6 +14,10 @@ from bridge.config import (
     config_table_markdown,
     load_settings,
     resolve_codex_home,
+    resolve_legacy_store_path,
+    resolve_state_dir,
+    resolve_store_path,
+    resolve_workroot,
 )
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -99,7 +103,7 @@ def test_cli_exits_2_on_unknown_flag(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_cli_flags_reach_the_settings(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     seen: list[Settings] = []
     monkeypatch.setattr("bridge.server.serve", lambda settings: seen.append(settings) or 0)
@@ -115,6 +119,8 @@ def test_cli_flags_reach_the_settings(
             "x=y",
             "--profile",
             "agent",
+            "--state-dir",
+            str(tmp_path / "state"),
         ]
     )
     assert code == 0
@@ -124,6 +130,7 @@ def test_cli_flags_reach_the_settings(
     assert settings.codex.config_overrides == ('a="b"',)
     assert settings.codex.models[0].codex_model == "y"
     assert settings.codex.profile == "agent"
+    assert settings.server.state_dir == str(tmp_path / "state")
 
 
 def test_codex_home_prefers_setting_then_systemd_state_directory_then_xdg() -> None:
@@ -187,3 +194,47 @@ def test_relative_codex_bin_is_made_absolute_and_a_missing_one_is_a_config_error
         resolve_codex_bin(missing)
     assert main(["serve", "--codex-bin", "bin/nope"]) == 2
     assert "codex.bin" in capsys.readouterr().err
+
+
+def test_state_dir_prefers_setting_then_systemd_state_directory_then_xdg_then_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    base = load_settings(config_path=None, env={}, overrides={})
+    explicit = load_settings(config_path=None, env={"BRIDGE_STATE_DIR": "/srv/s"}, overrides={})
+    assert resolve_state_dir(explicit, {"STATE_DIRECTORY": "/var/lib/cb"}) == Path("/srv/s")
+    assert resolve_state_dir(base, {"STATE_DIRECTORY": "/var/lib/cb:/x"}) == Path("/var/lib/cb")
+    assert resolve_state_dir(base, {"XDG_STATE_HOME": "/st"}) == Path("/st/codex-bridge")
+    # A relative XDG_STATE_HOME is invalid by the XDG spec and ignored.
+    assert resolve_state_dir(base, {"XDG_STATE_HOME": "rel"}) == (
+        tmp_path / ".local" / "state" / "codex-bridge"
+    )
+
+
+def test_codex_home_workdirs_and_database_default_into_the_state_dir_not_beside_the_home() -> None:
+    """Two instances with sibling Codex homes used to share `<parent>/workdirs` and
+    `<parent>/bridge.sqlite3`: now both follow the state directory."""
+    a = load_settings(
+        config_path=None,
+        env={},
+        overrides={"codex.home": "/srv/x/home-a", "server.state_dir": "/srv/state-a"},
+    )
+    assert resolve_codex_home(a, {}) == Path("/srv/x/home-a")
+    assert resolve_workroot(a, {}) == Path("/srv/state-a/workdirs")
+    assert resolve_store_path(a, {}) == Path("/srv/state-a/bridge.sqlite3")
+    assert resolve_legacy_store_path(a, {}) == Path("/srv/x/bridge.sqlite3")
+    only_state = load_settings(config_path=None, env={}, overrides={"server.state_dir": "/s"})
+    assert resolve_codex_home(only_state, {}) == Path("/s/codex-home")
+    assert resolve_legacy_store_path(only_state, {}) is None
+
+
+def test_the_systemd_layout_is_unchanged_so_there_is_nothing_to_migrate() -> None:
+    unit = load_settings(
+        config_path=None,
+        env={"BRIDGE_CODEX_HOME": "/var/lib/codex-bridge/codex-home"},
+        overrides={},
+    )
+    env = {"STATE_DIRECTORY": "/var/lib/codex-bridge"}
+    assert resolve_store_path(unit, env) == Path("/var/lib/codex-bridge/bridge.sqlite3")
+    assert resolve_workroot(unit, env) == Path("/var/lib/codex-bridge/workdirs")
+    assert resolve_legacy_store_path(unit, env) is None

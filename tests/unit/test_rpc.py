@@ -10,9 +10,24 @@ from typing import Any
 
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
-from bridge.worker.process import ChildProcess, ProcessSpec
-from bridge.worker.rpc import ConnectionClosed, RpcConnection, RpcError, RpcTimeout
+from bridge.worker.process import (
+    STDERR_LINES_PER_S,
+    ChildProcess,
+    ProcessSpec,
+    StderrLimiter,
+    redact_line,
+)
+from bridge.worker.rpc import (
+    SERVER_OVERLOADED,
+    ConnectionClosed,
+    RpcConnection,
+    RpcError,
+    RpcTimeout,
+    ServerOverloaded,
+)
+from tests.fakes.fake_app_server import FAKE_SECRET
 
 FAKE = str(Path(__file__).resolve().parents[1] / "fakes" / "fake_app_server.py")
 WAIT_S = 10.0
@@ -165,3 +180,85 @@ async def test_notify_socket_is_not_passed_to_the_child() -> None:
     finally:
         await p.conn.close()
         await p.proc.stop(grace=1)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "string_code",
+        "float_code",
+        "bool_code",
+        "no_message",
+        "list_message",
+        "not_an_object",
+        "empty",
+    ],
+)
+async def test_malformed_error_object_becomes_rpc_error_and_the_reader_lives_when_peer_sends_it(
+    peer: Peer, shape: str
+) -> None:
+    with capture_logs() as logs:
+        with pytest.raises(RpcError) as error:
+            await peer.conn.request("bad_error", {"shape": shape}, timeout=WAIT_S)
+    assert isinstance(error.value.code, int)
+    assert isinstance(error.value.message, str)
+    assert any(e["event"] == "rpc malformed error object" for e in logs)
+    # The reader survived: the next request is answered.
+    assert await peer.conn.request("echo", {"after": shape}, timeout=WAIT_S) == {"after": shape}
+
+
+async def test_overload_error_is_raised_as_server_overloaded_when_the_peer_is_saturated() -> None:
+    p = await start_peer("--max-threads", "0")
+    try:
+        with pytest.raises(ServerOverloaded) as error:
+            await p.conn.request("thread/start", {}, timeout=WAIT_S)
+        assert error.value.code == SERVER_OVERLOADED
+    finally:
+        await p.conn.close()
+        await p.proc.stop(grace=1)
+
+
+async def test_answers_with_unhashable_ids_are_dropped_without_killing_the_reader(
+    peer: Peer,
+) -> None:
+    assert await peer.conn.request("bad_id", {}, timeout=WAIT_S) == "after bad ids"
+    assert not peer.conn.closed
+
+
+def test_stderr_lines_are_redacted_when_they_carry_credentials() -> None:
+    line = (
+        "ERROR request failed: Authorization: Bearer abc.def-123 "
+        "api_key=sk-proj-0123456789abcdef token: 'xyz' \x1b[31mred\x1b[0m"
+    )
+    redacted = redact_line(line)
+    for secret in ("abc.def-123", "0123456789abcdef", "xyz", "\x1b["):
+        assert secret not in redacted
+    assert redacted.startswith("ERROR request failed:")
+    assert "red" in redacted
+    # Token counts are not credentials.
+    assert redact_line("input_tokens=12 max_tokens: 5") == "input_tokens=12 max_tokens: 5"
+
+
+def test_stderr_limiter_admits_a_bounded_number_per_window_and_reports_the_rest() -> None:
+    now = [0.0]
+    limiter = StderrLimiter(3, 1.0, clock=lambda: now[0])
+    assert [limiter.admit()[0] for _ in range(5)] == [True, True, True, False, False]
+    now[0] = 1.5
+    assert limiter.admit() == (True, 2)
+    assert limiter.suppressed == 0
+
+
+async def test_stderr_flood_is_rate_limited_redacted_and_summarised() -> None:
+    with capture_logs() as logs:
+        p = await start_peer("--stderr-flood", "2000")
+        try:
+            assert await p.conn.request("echo", {"ok": 1}, timeout=WAIT_S) == {"ok": 1}
+        finally:
+            await p.conn.close()
+            await p.proc.stop(grace=1)
+    lines = [e for e in logs if e["event"] == "codex stderr"]
+    summaries = [e for e in logs if e["event"] == "codex stderr lines suppressed"]
+    # One window's worth (a slow machine may straddle a few windows), never the flood.
+    assert 0 < len(lines) <= STDERR_LINES_PER_S * 5
+    assert sum(e["suppressed"] for e in summaries) == 2000 - len(lines)
+    assert FAKE_SECRET not in repr(logs)

@@ -1,0 +1,164 @@
+"""Which app-server dialect a worker speaks, and the per-worker protocol state that goes with it.
+
+The worker layer (`bridge.worker`) knows processes and JSON-RPC only. Each
+worker is given a `CodexDriver` (the `WorkerDriver` protocol it declares)
+and calls it at the protocol's seams: the handshake capabilities, the
+notification and server-request handlers, `select` once per process after
+the handshake (v2 when the worker has `thread/start` and
+`thread/inject_items`, else v1), `probe` for health (what a turn needs: an
+ephemeral thread opened and closed), and `connection_lost` when the process
+ends. `start_turn(worker, request)` runs a `TurnRequest` on a leased worker
+in the dialect chosen for it, routing the thread's notifications to its turn.
+
+Knows the v1/v2 entry points and the few method names needed to choose and
+probe; knows no OpenAI shapes and nothing about processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Final
+
+import structlog
+
+from bridge.codex import v1, v2
+from bridge.codex.server_requests import ServerRequestPolicy
+from bridge.codex.turn import Turn, TurnRequest
+from bridge.worker.rpc import (
+    ConnectionClosed,
+    RpcConnection,
+    RpcError,
+    RpcTimeout,
+    ServerOverloaded,
+)
+from bridge.worker.supervisor import Worker, WorkerConfig
+
+log = structlog.get_logger("bridge.codex.dialect")
+
+METHOD_NOT_FOUND: Final = -32601
+# A v1 (legacy) worker is probed with a read that changes nothing: opening a
+# conversation per probe would leave one loaded for the worker's life.
+V1_PROBE_METHOD: Final = "thread/loaded/list"
+
+
+class CodexDriver:
+    """The Codex protocol side of one worker; implements `bridge.worker.supervisor.WorkerDriver`."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self._config = config
+        self._router = v2.ThreadRouter()
+        self._policy = ServerRequestPolicy(self._router)
+        self._settings = v2.ThreadSettings(
+            profile=config.profile,
+            cwd=str(config.workdir),
+            rpc_timeout_s=config.rpc_timeout_s,
+            max_queued_events=config.max_queued_events,
+        )
+        self.name = config.dialect if config.dialect != "auto" else "v2"
+
+    # -- WorkerDriver --------------------------------------------------------------------
+    def capabilities(self) -> dict[str, Any]:
+        return {
+            "experimentalApi": True,
+            "optOutNotificationMethods": list(v2.OPT_OUT_NOTIFICATIONS),
+        }
+
+    def on_notification(self, method: str, params: dict[str, Any]) -> None:
+        if method == "configWarning" or (method == "warning" and "threadId" not in params):
+            log.warning("codex warning", method=method, summary=params.get("summary"))
+            return
+        self._router.dispatch(method, params)
+
+    async def on_server_request(self, method: str, params: dict[str, Any]) -> Any:
+        return await self._policy.answer(method, params)
+
+    async def select(self, conn: RpcConnection) -> None:
+        """Chooses the dialect for this process; raises RpcTimeout / ConnectionClosed."""
+        if self._config.dialect != "auto":
+            self.name = self._config.dialect
+            return
+        self.name = await self._detect(conn)
+
+    async def probe(self, conn: RpcConnection) -> None:
+        """Does what a turn needs first; raises RpcTimeout, ConnectionClosed or RpcError."""
+        timeout = self._config.rpc_timeout_s
+        if self.name == "v1":
+            with contextlib.suppress(RpcError):  # any answer proves the loop is alive
+                await conn.request(V1_PROBE_METHOD, {}, timeout=timeout)
+            return
+        started = await conn.request("thread/start", self._probe_thread_params(), timeout=timeout)
+        thread_id = _thread_id(started)
+        if thread_id is None:
+            raise RpcError(0, "thread/start answered without a thread id")
+        await conn.request("thread/unsubscribe", {"threadId": thread_id}, timeout=timeout)
+
+    def connection_lost(self) -> None:
+        self._router.connection_lost()
+
+    # -- turns -----------------------------------------------------------------------------
+    async def start_turn(self, conn: RpcConnection, request: TurnRequest) -> Turn:
+        if self.name == "v1":
+            return await v1.start_turn(conn, self._router, request, self._settings)
+        return await v2.start_turn(conn, self._router, request, self._settings)
+
+    # -- internals -------------------------------------------------------------------------
+    def _probe_thread_params(self) -> dict[str, Any]:
+        return {
+            "cwd": str(self._config.workdir),
+            "ephemeral": True,
+            "approvalPolicy": v2.APPROVAL_POLICY,
+            "sandbox": "read-only",
+        }
+
+    async def _detect(self, conn: RpcConnection) -> str:
+        """v2 when the worker has what the v2 dialect uses (thread/start, thread/inject_items).
+
+        Codex 0.77 answers thread/start but not thread/inject_items, so it
+        gets v1, which it speaks fully.
+        """
+        timeout = self._config.rpc_timeout_s
+        try:
+            started = await conn.request(
+                "thread/start", self._probe_thread_params(), timeout=timeout
+            )
+        except ServerOverloaded:
+            raise  # says nothing about the dialect: the handshake is retried
+        except RpcError:
+            return "v1"
+        thread_id = _thread_id(started)
+        if thread_id is None:
+            return "v1"
+        try:
+            await conn.request(
+                "thread/inject_items", {"threadId": thread_id, "items": []}, timeout=timeout
+            )
+        except RpcError as exc:
+            # Only an unknown method means "no v2 here"; other refusals are about the probe.
+            if exc.code == METHOD_NOT_FOUND or "unknown variant" in exc.message:
+                return "v1"
+        with contextlib.suppress(RpcError, RpcTimeout, ConnectionClosed):
+            await conn.request("thread/unsubscribe", {"threadId": thread_id}, timeout=timeout)
+        return "v2"
+
+
+def _thread_id(started: Any) -> str | None:
+    thread = started.get("thread") if isinstance(started, dict) else None
+    thread_id = thread.get("id") if isinstance(thread, dict) else None
+    return str(thread_id) if thread_id is not None else None
+
+
+def codex_driver(config: WorkerConfig) -> CodexDriver:
+    """The driver factory the pool is given (`WorkerPool(driver_factory=...)`)."""
+    return CodexDriver(config)
+
+
+async def start_turn(worker: Worker, request: TurnRequest) -> Turn:
+    """Runs `request` on `worker` (leased from the pool) in the dialect it speaks.
+
+    Raises a `BridgeError`: `WorkerOverloaded` when Codex pushed back (the
+    pool retries it), `ServiceUnavailable` when the worker is not ready.
+    """
+    driver = worker.driver
+    if not isinstance(driver, CodexDriver):
+        raise TypeError(f"worker {worker.id} has no Codex driver")
+    return await driver.start_turn(worker.connection(), request)

@@ -1,0 +1,75 @@
+"""Removes what outlived its time: expired stored responses and the Codex threads they ended on.
+
+`Retention.run()` is the periodic task (`store.purge_interval_s`): each pass
+asks the store to drop responses older than `store.ttl_days` and deletes the
+Codex threads no remaining response uses (`bridge.codex.threads`), then sets
+the stored-responses gauge. `forget_thread` does the same for one response a
+client deleted. A failed pass is logged and retried at the next interval;
+it never stops the loop. Knows the store, the pool and metrics; no HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Final
+
+import structlog
+from aiohttp import web
+
+from bridge.codex.threads import delete_threads
+from bridge.ops.metrics import Metrics
+from bridge.store import ResponseStore
+from bridge.worker.pool import WorkerPool
+
+log = structlog.get_logger("bridge.retention")
+
+
+class Retention:
+    def __init__(
+        self,
+        store: ResponseStore,
+        codex_home: Path,
+        metrics: Metrics,
+        pool: WorkerPool | None,
+        interval_s: float,
+    ) -> None:
+        self._store = store
+        self._codex_home = codex_home
+        self._metrics = metrics
+        self._pool = pool
+        self._interval_s = interval_s
+
+    async def run(self) -> None:
+        self._metrics.stored_responses.set(await self._store.count())
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.purge()
+            except Exception as exc:  # a broken pass must not end the loop
+                log.error("purge of expired responses failed", error=repr(exc))
+
+    async def purge(self) -> tuple[int, int]:
+        """One pass: (responses removed, threads deleted)."""
+        removed, orphans = await self._store.purge()
+        threads = await self._delete(orphans) if orphans else 0
+        self._metrics.store_purged.labels("responses").inc(removed)
+        self._metrics.store_purged.labels("threads").inc(threads)
+        self._metrics.stored_responses.set(await self._store.count())
+        if removed:
+            log.info("expired responses purged", responses=removed, threads=threads)
+        return removed, threads
+
+    async def forget_thread(self, thread_id: str | None) -> None:
+        """After a client deleted a response: its thread goes too, unless another uses it."""
+        self._metrics.stored_responses.dec()
+        if thread_id is None or await self._store.thread_in_use(thread_id):
+            return
+        await self._delete([thread_id])
+
+    async def _delete(self, thread_ids: list[str]) -> int:
+        worker = self._pool.any_ready() if self._pool is not None else None
+        return await delete_threads(worker, self._codex_home, thread_ids)
+
+
+RETENTION: Final = web.AppKey("retention", Retention)
