@@ -34,9 +34,10 @@ from bridge.api.middleware import (
     request_context_middleware,
 )
 from bridge.api.pending import PENDING, PendingToolCalls
-from bridge.appkeys import CATALOG, LIMITS, POOL, SETTINGS, STORE
+from bridge.appkeys import ACCOUNT, CATALOG, LIMITS, POOL, SETTINGS, STORE
 from bridge.catalog import CatalogEntry, ModelCatalog
-from bridge.codex.dialect import codex_driver
+from bridge.codex.account import AccountState
+from bridge.codex.dialect import account_driver_factory
 from bridge.codex.selfcheck import check_worker_tools
 from bridge.codex.turn import TurnLimits
 from bridge.config import Settings, resolve_codex_bin, resolve_codex_home, resolve_workroot
@@ -115,6 +116,8 @@ def make_app(
     pending = PendingToolCalls(settings.codex.tool_call_timeout_s, settings.codex.max_parked_turns)
     app[PENDING] = pending
     app[METRICS].parked_turns.set_function(lambda: len(pending))
+    app[ACCOUNT] = AccountState()
+    app[METRICS].watch_account(app[ACCOUNT])
 
     app.cleanup_ctx.append(lambda a: _state_ctx(a, env))
     app.cleanup_ctx.append(_store_ctx)
@@ -270,7 +273,9 @@ def effective_overrides(
         profile=codex.profile,
         agent_view_image=codex.agent_view_image,
         agent_web_search=codex.agent_web_search,
-        provider=demo.codex_config_overrides() if demo is not None else (),
+        provider=demo.codex_config_overrides(codex_account=settings.demo.codex_account)
+        if demo is not None
+        else (),
         operator=codex.config_overrides,
     )
 
@@ -296,7 +301,7 @@ async def _pool_ctx(
     )
     pool = WorkerPool(
         configs,
-        driver_factory=codex_driver,
+        driver_factory=account_driver_factory(app[ACCOUNT]),
         max_turns_per_worker=settings.codex.max_turns_per_worker,
         queue_limit=settings.codex.queue_limit,
         queue_timeout_s=settings.codex.queue_timeout_s,

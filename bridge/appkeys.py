@@ -7,6 +7,7 @@ from typing import Final
 from aiohttp import web
 
 from bridge.catalog import ModelCatalog
+from bridge.codex.account import AccountState
 from bridge.codex.turn import TurnLimits
 from bridge.config import Settings
 from bridge.store import ResponseStore
@@ -15,5 +16,6 @@ from bridge.worker.pool import WorkerPool
 SETTINGS: Final = web.AppKey("settings", Settings)
 CATALOG: Final = web.AppKey("catalog", ModelCatalog)
 POOL: Final = web.AppKey("pool", WorkerPool)
+ACCOUNT: Final = web.AppKey("account", AccountState)
 LIMITS: Final = web.AppKey("limits", TurnLimits)
 STORE: Final = web.AppKey("store", ResponseStore)

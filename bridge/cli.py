@@ -1,4 +1,4 @@
-"""The `codex-bridge` command line: `serve`, `check-config`, `config-table`.
+"""The `codex-bridge` command line: `serve`, `login`, `logout`, `account`, `check-config`, `config-table`.
 
 Flags become the top layer of the settings (defaults < file < env < flags);
 a user error prints `codex-bridge: error: <why>` and exits 2, never a
@@ -65,6 +65,34 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--profile", choices=["plain", "agent"])
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
+    login = sub.add_parser(
+        "login", help="sign Codex in on the bridge's Codex home (default: device code)"
+    )
+    how = login.add_mutually_exclusive_group()
+    how.add_argument(
+        "--with-api-key", action="store_true", help="an OpenAI API key, read from stdin"
+    )
+    how.add_argument(
+        "--device-auth",
+        action="store_true",
+        help="ChatGPT sign-in: prints a URL and a code, waits (the default)",
+    )
+    logout = sub.add_parser("logout", help="sign Codex out of the bridge's Codex home")
+    account = sub.add_parser("account", help="show the Codex account and its rate limits")
+    account.add_argument("--json", action="store_true", help="machine-readable output")
+    for command in (login, logout, account):
+        command.add_argument("--config", help="TOML settings file (also BRIDGE_CONFIG)")
+        command.add_argument("--codex-bin", help="path to the codex binary")
+        command.add_argument("--codex-home", help="CODEX_HOME, as given to serve")
+        command.add_argument("--state-dir", help="the state directory, as given to serve")
+        command.add_argument(
+            "--codex-config",
+            action="append",
+            metavar="KEY=VALUE",
+            help="Codex setting, as given to serve (repeatable)",
+        )
+        command.add_argument("--demo", action="store_true", default=None, help="as given to serve")
+
     check = sub.add_parser("check-config", help="print the effective settings as JSON")
     check.add_argument("--config")
     sub.add_parser("config-table", help="print the settings table (Markdown)")
@@ -105,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"codex-bridge: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command in ("login", "logout", "account"):
+        from bridge import signin
+        from bridge.ops.logging import configure_logging
+
+        # Codex's own stderr (sandbox notices) is not the user's business here.
+        configure_logging("error", stream=sys.stderr)
+        return signin.run(args.command, settings, args)
     if args.command == "check-config":
         effective = settings.model_dump()
         effective["auth"]["api_keys"] = ["[redacted]"] * len(settings.auth.api_keys)

@@ -137,6 +137,7 @@ class ImageSettings(_Frozen):
 
 class DemoSettings(_Frozen):
     enabled: bool = False
+    codex_account: bool = False
 
 
 class LogSettings(_Frozen):
@@ -485,6 +486,13 @@ FIELDS: Final = (
         "enabled",
         "BRIDGE_DEMO",
         "Run the built-in scripted model and point the workers at it.",
+    ),
+    FieldDoc(
+        "demo",
+        "codex_account",
+        "BRIDGE_DEMO_CODEX_ACCOUNT",
+        "The demo model authenticates like OpenAI's provider: with the Codex account "
+        "(`codex-bridge login`), so sign-in and plan limits can be tried offline.",
     ),
     FieldDoc("log", "level", "BRIDGE_LOG_LEVEL", "`debug`, `info`, `warning` or `error`."),
     FieldDoc(

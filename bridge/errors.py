@@ -15,11 +15,13 @@ Each leaf maps to exactly one ``(status, type, code)``::
     ├── PayloadTooLarge                 413 invalid_request_error  -
     ├── RateLimited                     429 rate_limit_error       rate_limit_exceeded
     │   └── QuotaExceeded               429 insufficient_quota     insufficient_quota
+    │       └── UsageLimitReached       429 insufficient_quota     usage_limit_reached
     ├── UpstreamFailed                  502 server_error           upstream_error
     ├── WorkerCrashed                   502 server_error           worker_crashed
-    ├── Unauthorized upstream           502 server_error           upstream_unauthorized
     ├── ServiceUnavailable              503 server_error           worker_unavailable
-    │   └── WorkerOverloaded            503 server_error           server_is_overloaded
+    │   ├── WorkerOverloaded            503 server_error           server_is_overloaded
+    │   ├── CodexNotSignedIn            503 server_error           codex_not_signed_in
+    │   └── UpstreamUnauthorized        503 server_error           upstream_unauthorized
     └── DeadlineExceeded                504 server_error           timeout
 
 Knows nothing about aiohttp or Codex: only statuses, types, codes and messages.
@@ -137,15 +139,15 @@ class QuotaExceeded(RateLimited):
         return {**super().headers(), "x-should-retry": "false"}
 
 
+class UsageLimitReached(QuotaExceeded):
+    """The Codex account's plan is at its usage limit; Retry-After says when it resets."""
+
+    default_code = "usage_limit_reached"
+
+
 class UpstreamFailed(BridgeError):
     status = 502
     default_code = "upstream_error"
-
-
-class UpstreamUnauthorized(BridgeError):
-    status = 502
-    default_code = "upstream_unauthorized"
-    retryable = False
 
 
 class WorkerCrashed(BridgeError):
@@ -162,6 +164,20 @@ class WorkerOverloaded(ServiceUnavailable):
     """Codex (or its model provider) refused work for now: backpressure, always with Retry-After."""
 
     default_code = "server_is_overloaded"
+
+
+class CodexNotSignedIn(ServiceUnavailable):
+    """Codex has no account and its model provider needs one: an operator must sign in."""
+
+    default_code = "codex_not_signed_in"
+    retryable = False
+
+
+class UpstreamUnauthorized(ServiceUnavailable):
+    """The model provider refused Codex's credentials (401/403): an operator must sign in."""
+
+    default_code = "upstream_unauthorized"
+    retryable = False
 
 
 class DeadlineExceeded(BridgeError):

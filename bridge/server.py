@@ -17,7 +17,8 @@ import structlog
 from aiohttp import web
 
 from bridge.app import make_app
-from bridge.appkeys import POOL
+from bridge.appkeys import ACCOUNT, POOL
+from bridge.codex.account import AccountState
 from bridge.config import ConfigError, Settings
 from bridge.ops.auth import AUTH
 from bridge.ops.logging import configure_logging
@@ -89,7 +90,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     # The watchdog pings from the event loop itself, so a wedged loop stops
     # them; it also requires every worker's supervisor task to be alive.
     watchdog = asyncio.create_task(notifier.run_watchdog(pool.supervisors_alive))
-    ready = asyncio.create_task(_announce_ready(notifier, pool))
+    ready = asyncio.create_task(_announce_ready(notifier, pool, app[ACCOUNT]))
+    # Every change of the account's usability reaches `systemctl status` and the log.
+    app[ACCOUNT].listeners.append(lambda account: _account_changed(notifier, pool, account))
     try:
         await stop.wait()
     finally:
@@ -127,11 +130,23 @@ def listener_allowed(settings: Settings, *, keys_configured: bool) -> bool:
     return True
 
 
-async def _announce_ready(notifier: SystemdNotifier, pool: WorkerPool) -> None:
+async def _announce_ready(
+    notifier: SystemdNotifier, pool: WorkerPool, account: AccountState
+) -> None:
     ok = await pool.wait_ready(READY_WAIT_S)
-    notifier.ready(
-        f"{pool.ready_count}/{len(pool.workers)} workers ready" if ok else "no worker ready yet"
-    )
+    notifier.ready(_status(pool, account) if ok else "no worker ready yet")
+
+
+def _status(pool: WorkerPool, account: AccountState) -> str:
+    return f"{pool.ready_count}/{len(pool.workers)} workers ready; {account.status_line()}"
+
+
+def _account_changed(notifier: SystemdNotifier, pool: WorkerPool, account: AccountState) -> None:
+    if account.reason is not None:
+        log.warning("codex account unusable", reason=account.reason, fix=account.status_line())
+    else:
+        log.info("codex account usable", account=account.status_line())
+    notifier.status(_status(pool, account))
 
 
 async def _drain(pool: WorkerPool, deadline: float) -> None:

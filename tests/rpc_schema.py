@@ -47,6 +47,8 @@ def _variant(union: str, method: str, bundle: Path = BUNDLE) -> Draft7Validator 
 _RESPONSE_NAMES: Final = {
     "addConversationListener": "AddConversationSubscription",
     "removeConversationListener": "RemoveConversationSubscription",
+    "account/read": "GetAccount",
+    "account/rateLimits/read": "GetAccountRateLimits",
 }
 
 # Known deviations of a release from its own generated schema, each one

@@ -1,7 +1,9 @@
 """`/healthz` (the process answers) and `/readyz` (a worker is ready to take turns).
 
-Traefik health-checks `/readyz`, so it turns 503 while no worker is ready and
-while the bridge drains on shutdown.
+Traefik health-checks `/readyz`, so it turns 503 while no worker is ready,
+while the bridge drains on shutdown, and while Codex is not signed in (and
+its model provider needs an account: `reason: codex_not_signed_in`). The
+account (sign-in, refused credentials, rate-limit windows) is in the body.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from bridge.appkeys import POOL
+from bridge.appkeys import ACCOUNT, POOL
+from bridge.codex.account import NOT_SIGNED_IN_REASON
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -18,15 +21,23 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     pool = request.app[POOL]
+    account = request.app[ACCOUNT]
     ready = pool.ready_count
-    body = {
-        "status": "ready" if ready and not pool.closing else "unavailable",
+    signed_out = account.signed_out
+    body: dict[str, object] = {
+        "status": "ready" if ready and not pool.closing and not signed_out else "unavailable",
         "workers_ready": ready,
         "workers": len(pool.workers),
         "dialect": sorted({w.dialect for w in pool.workers if w.ready}),
         "active_turns": pool.active_turns,
         "queued": pool.waiting,
+        "account": account.as_json(),
     }
+    if signed_out:
+        body["reason"] = NOT_SIGNED_IN_REASON
+        body["message"] = account.status_line()
+    elif account.reason is not None:
+        body["reason"] = account.reason
     status = 200 if body["status"] == "ready" else 503
     headers = {} if status == 200 else {"Retry-After": "2"}
     return web.Response(

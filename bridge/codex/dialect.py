@@ -9,6 +9,10 @@ the handshake (v2 when the worker has `thread/start` and
 ephemeral thread opened and closed), and `connection_lost` when the process
 ends. `start_turn(worker, request)` runs a `TurnRequest` on a leased worker
 in the dialect chosen for it, routing the thread's notifications to its turn.
+A v2 worker also keeps its Codex home's `AccountState` current
+(`account/read` after the handshake and with every probe; the account
+notifications), refuses turns at once while Codex is not signed in, and
+asks for a restart when `auth.json` changed (an app-server never re-reads it).
 
 Knows the v1/v2 entry points and the few method names needed to choose and
 probe; knows no OpenAI shapes and nothing about processes.
@@ -17,13 +21,16 @@ probe; knows no OpenAI shapes and nothing about processes.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any, Final
 
 import structlog
 
 from bridge.codex import v1, v2
+from bridge.codex.account import LOGIN_HINT, AccountState, CredentialsWatch
 from bridge.codex.server_requests import ServerRequestPolicy
 from bridge.codex.turn import Turn, TurnRequest
+from bridge.errors import CodexNotSignedIn
 from bridge.worker.rpc import (
     ConnectionClosed,
     RpcConnection,
@@ -31,7 +38,7 @@ from bridge.worker.rpc import (
     RpcTimeout,
     ServerOverloaded,
 )
-from bridge.worker.supervisor import Worker, WorkerConfig
+from bridge.worker.supervisor import DriverFactory, RestartWanted, Worker, WorkerConfig
 
 log = structlog.get_logger("bridge.codex.dialect")
 
@@ -39,20 +46,29 @@ METHOD_NOT_FOUND: Final = -32601
 # A v1 (legacy) worker is probed with a read that changes nothing: opening a
 # conversation per probe would leave one loaded for the worker's life.
 V1_PROBE_METHOD: Final = "thread/loaded/list"
+NOT_SIGNED_IN_MESSAGE: Final = (
+    "Codex is not signed in, and its model provider needs an account. On the bridge host, "
+    f"run `{LOGIN_HINT}` (a ChatGPT plan: `{LOGIN_HINT} --device-auth`; an API key: "
+    f"`{LOGIN_HINT} --with-api-key`, the key on stdin)."
+)
 
 
 class CodexDriver:
     """The Codex protocol side of one worker; implements `bridge.worker.supervisor.WorkerDriver`."""
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, account: AccountState | None = None) -> None:
         self._config = config
         self._router = v2.ThreadRouter()
         self._policy = ServerRequestPolicy(self._router)
+        self.account = account if account is not None else AccountState()
+        home = config.env.get("CODEX_HOME")
+        self._credentials = CredentialsWatch(Path(home)) if home else None
         self._settings = v2.ThreadSettings(
             profile=config.profile,
             cwd=str(config.workdir),
             rpc_timeout_s=config.rpc_timeout_s,
             max_queued_events=config.max_queued_events,
+            account=self.account,
         )
         self.name = config.dialect if config.dialect != "auto" else "v2"
 
@@ -67,6 +83,8 @@ class CodexDriver:
         if method == "configWarning" or (method == "warning" and "threadId" not in params):
             log.warning("codex warning", method=method, summary=params.get("summary"))
             return
+        if method.startswith("account/") and self.account.notification(method, params):
+            return
         self._router.dispatch(method, params)
 
     async def on_server_request(self, method: str, params: dict[str, Any]) -> Any:
@@ -74,18 +92,24 @@ class CodexDriver:
 
     async def select(self, conn: RpcConnection) -> None:
         """Chooses the dialect for this process; raises RpcTimeout / ConnectionClosed."""
+        if self._credentials is not None:
+            self._credentials.reset()  # this process read auth.json as it is now
         if self._config.dialect != "auto":
             self.name = self._config.dialect
-            return
-        self.name = await self._detect(conn)
+        else:
+            self.name = await self._detect(conn)
+        await self._read_account(conn)
 
     async def probe(self, conn: RpcConnection) -> None:
         """Does what a turn needs first; raises RpcTimeout, ConnectionClosed or RpcError."""
         timeout = self._config.rpc_timeout_s
+        if self._credentials is not None and self._credentials.changed():
+            raise RestartWanted("credentials_changed")
         if self.name == "v1":
             with contextlib.suppress(RpcError):  # any answer proves the loop is alive
                 await conn.request(V1_PROBE_METHOD, {}, timeout=timeout)
             return
+        await self._read_account(conn)
         started = await conn.request("thread/start", self._probe_thread_params(), timeout=timeout)
         thread_id = _thread_id(started)
         if thread_id is None:
@@ -97,11 +121,33 @@ class CodexDriver:
 
     # -- turns -----------------------------------------------------------------------------
     async def start_turn(self, conn: RpcConnection, request: TurnRequest) -> Turn:
+        if self.account.signed_out:
+            # Codex would retry the OpenAI endpoint for over a minute before failing.
+            raise CodexNotSignedIn(NOT_SIGNED_IN_MESSAGE)
         if self.name == "v1":
             return await v1.start_turn(conn, self._router, request, self._settings)
         return await v2.start_turn(conn, self._router, request, self._settings)
 
     # -- internals -------------------------------------------------------------------------
+    async def _read_account(self, conn: RpcConnection) -> None:
+        """`account/read` (v2 only; 0.77 has no such method) into the shared account state."""
+        if self.name != "v2":
+            return
+        try:
+            result = await conn.request("account/read", {}, timeout=self._config.rpc_timeout_s)
+        except RpcError as exc:
+            log.warning("account/read failed", error=str(exc))
+            return
+        self.account.read(result)
+        if self.account.account_type == "chatgpt":
+            # Rate limits are a ChatGPT plan's; an API key has none to read.
+            with contextlib.suppress(RpcError):
+                self.account.read_limits(
+                    await conn.request(
+                        "account/rateLimits/read", None, timeout=self._config.rpc_timeout_s
+                    )
+                )
+
     def _probe_thread_params(self) -> dict[str, Any]:
         return {
             "cwd": str(self._config.workdir),
@@ -150,6 +196,15 @@ def _thread_id(started: Any) -> str | None:
 def codex_driver(config: WorkerConfig) -> CodexDriver:
     """The driver factory the pool is given (`WorkerPool(driver_factory=...)`)."""
     return CodexDriver(config)
+
+
+def account_driver_factory(account: AccountState) -> DriverFactory:
+    """A driver factory whose workers share `account` (one Codex home)."""
+
+    def factory(config: WorkerConfig) -> CodexDriver:
+        return CodexDriver(config, account)
+
+    return factory
 
 
 async def start_turn(worker: Worker, request: TurnRequest) -> Turn:

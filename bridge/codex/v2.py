@@ -23,6 +23,7 @@ import orjson
 import structlog
 
 from bridge.codex import estimate
+from bridge.codex.account import AccountState
 from bridge.codex.errors import error_from_codex
 from bridge.codex.events import (
     Failed,
@@ -66,7 +67,6 @@ PLAIN_DEFAULT_INSTRUCTIONS: Final = "You are a helpful assistant."
 # serialization and us the parse (they arrive on every turn).
 OPT_OUT_NOTIFICATIONS: Final = (
     "thread/status/changed",
-    "account/rateLimits/updated",
     "remoteControl/status/changed",
     "thread/started",
     "item/started",
@@ -91,6 +91,9 @@ class ThreadSettings:
     rpc_timeout_s: float
     max_queued_events: int = DEFAULT_MAX_QUEUED_EVENTS
     """Events a turn may buffer for its request before it is interrupted (`QueuedTurn`)."""
+    account: AccountState | None = None
+    """The Codex home's account: a turn's outcome says whether its credentials work,
+    and an exhausted window's reset time goes into a usage-limit error."""
 
 
 class RoutedTurn(Protocol):
@@ -278,6 +281,7 @@ class V2Turn(QueuedTurn):
         super().__init__(conn, thread_id, settings.rpc_timeout_s, settings.max_queued_events)
         self._router = router
         self._request = request
+        self._account = settings.account
         # Usage already reported with earlier responses of this turn (tool
         # calls), and the estimated prompt of its next model call.
         self._billed = Usage()
@@ -326,6 +330,8 @@ class V2Turn(QueuedTurn):
             self._done = True
             status = turn.get("status")
             if status == "completed":
+                if self._account is not None:
+                    self._account.succeeded()
                 self._ready.append(Finished("stop", self._unbilled()))
             elif status == "interrupted":
                 if self._usage == Usage():
@@ -333,7 +339,9 @@ class V2Turn(QueuedTurn):
                     self._usage = Usage(input_tokens=self._next_prompt_estimate())
                 self._ready.append(Finished("interrupted", self._unbilled()))
             else:
-                error = error_from_codex(turn.get("error") or self._pending_error)
+                error = error_from_codex(
+                    turn.get("error") or self._pending_error, account=self._account
+                )
                 self._ready.append(Failed(error, self._unbilled()))
         elif method == TOOL_CALL:
             arguments = params.get("arguments")

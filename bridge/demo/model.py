@@ -6,6 +6,13 @@ reasoning_summary_part.added / reasoning_summary_text.delta... when a summary
 is scripted and asked for, output_item.added, output_text.delta...,
 output_item.done, response.completed with usage), or
 with scripted failures, hangs and tool calls (see `bridge.demo.script`).
+Like the ChatGPT backend it can answer a plan's usage limit (HTTP 429,
+`error.type: "usage_limit_reached"`, `resets_at`, `plan_type`, the
+`x-codex-primary-*` / `x-codex-secondary-*` headers) and report rate-limit
+windows in those headers on a normal answer: by directive
+(`[[usage_limit=SECONDS]]`, `[[rate_limits=PRIMARY,SECONDARY]]`) or by
+credential (an API key containing `LIMITED_KEY_MARKER` is at its limit, one
+containing `REFUSED_KEY_MARKER` is refused with 401).
 `serve --demo`, the tests and the benchmarks all use it. Knows the
 Responses wire format; knows nothing of the bridge.
 """
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -29,6 +37,15 @@ Sender = Callable[[str, dict[str, Any]], Awaitable[None]]
 MAX_RECORDED: Final = 500
 # A scripted hang never outlives this (the client or stop() usually ends it first).
 MAX_HANG_S: Final = 600.0
+# Credentials that behave like a plan at its usage limit / a revoked key.
+LIMITED_KEY_MARKER: Final = "-limited"
+REFUSED_KEY_MARKER: Final = "-refused"
+# A limited key's window resets this long after the request.
+LIMITED_KEY_RESET_S: Final = 3600
+# The windows the backend reports: 5 hours and a week (codex-rs rate_limits.rs headers).
+PRIMARY_WINDOW_MINUTES: Final = 300
+SECONDARY_WINDOW_MINUTES: Final = 10080
+DEMO_PLAN: Final = "plus"
 
 
 class DemoModel:
@@ -56,15 +73,24 @@ class DemoModel:
     def base_url(self) -> str:
         return f"http://{self._host}:{self._port}/v1"
 
-    def codex_config_overrides(self, provider: str = "codexbridge-demo") -> list[str]:
+    def codex_config_overrides(
+        self, provider: str = "codexbridge-demo", *, codex_account: bool = False
+    ) -> list[str]:
+        """The provider settings; `codex_account`: authenticate with the Codex account
+        (as OpenAI's provider does) instead of the demo's own key."""
         p = f"model_providers.{provider}"
+        credential = (
+            f"{p}.requires_openai_auth=true"
+            if codex_account
+            else f'{p}.env_key="{self.API_KEY_ENV}"'
+        )
         return [
             f'model_provider="{provider}"',
             f'model="{DEMO_MODEL_ID}"',
             f'{p}.name="codex-bridge demo"',
             f'{p}.base_url="{self.base_url}"',
             f'{p}.wire_api="responses"',
-            f'{p}.env_key="{self.API_KEY_ENV}"',
+            credential,
             f"{p}.request_max_retries=0",
             # Retried streams replay text (NOTES S4); the demo never needs them.
             f"{p}.stream_max_retries=0",
@@ -132,6 +158,24 @@ class DemoModel:
         script = parse_script(body)
         if script.ttfb_ms:
             await asyncio.sleep(script.ttfb_ms / 1000)
+        credential = request.headers.get("Authorization", "")
+        if REFUSED_KEY_MARKER in credential:
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "Incorrect API key provided.",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                        "param": None,
+                    }
+                },
+                status=401,
+            )
+        limit_s = script.usage_limit_s
+        if limit_s is None and LIMITED_KEY_MARKER in credential:
+            limit_s = LIMITED_KEY_RESET_S
+        if limit_s is not None:
+            return usage_limit_answer(limit_s)
         if script.status is not None and script.status >= 400:
             headers = {"retry-after": "1"} if script.status == 429 else {}
             return web.json_response(
@@ -146,9 +190,11 @@ class DemoModel:
                 status=script.status,
                 headers=headers,
             )
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        if script.rate_limits is not None:
+            primary, secondary = script.rate_limits
+            headers.update(rate_limit_headers(primary, secondary, reset_in_s=LIMITED_KEY_RESET_S))
+        response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         finished = False
         try:
@@ -328,3 +374,34 @@ class DemoModel:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(MAX_HANG_S):
                 await self._stopping.wait()
+
+
+def rate_limit_headers(primary: float, secondary: float, *, reset_in_s: int) -> dict[str, str]:
+    """The backend's rate-limit headers, as Codex parses them (codex-api rate_limits.rs)."""
+    now = int(time.time())
+    return {
+        "x-codex-primary-used-percent": f"{primary:g}",
+        "x-codex-primary-window-minutes": str(PRIMARY_WINDOW_MINUTES),
+        "x-codex-primary-reset-at": str(now + reset_in_s),
+        "x-codex-secondary-used-percent": f"{secondary:g}",
+        "x-codex-secondary-window-minutes": str(SECONDARY_WINDOW_MINUTES),
+        "x-codex-secondary-reset-at": str(now + SECONDARY_WINDOW_MINUTES * 60),
+    }
+
+
+def usage_limit_answer(resets_in_s: int) -> web.Response:
+    """The ChatGPT backend's answer when the plan's usage limit is reached."""
+    resets_at = int(time.time()) + resets_in_s
+    return web.json_response(
+        {
+            "error": {
+                "type": "usage_limit_reached",
+                "message": "The usage limit has been reached",
+                "plan_type": DEMO_PLAN,
+                "resets_at": resets_at,
+                "resets_in_seconds": resets_in_s,
+            }
+        },
+        status=429,
+        headers=rate_limit_headers(100, 40, reset_in_s=resets_in_s),
+    )

@@ -48,6 +48,10 @@ class Script:
     reasoning: tuple[str, ...] = ()
     """Parts of the reasoning summary to stream before the reply."""
     input_tokens: int = 1
+    usage_limit_s: int | None = None
+    """Answer the backend's usage-limit 429, the window resetting in this many seconds."""
+    rate_limits: tuple[float, float] | None = None
+    """Used percent of the primary and secondary windows, sent as rate-limit headers."""
     directives: dict[str, str] = field(default_factory=dict)
 
 
@@ -170,8 +174,21 @@ def parse_script(body: dict[str, Any]) -> Script:
         reasoning_tokens=reasoning_tokens,
         reasoning=reasoning,
         input_tokens=max(1, input_chars // 4),
+        usage_limit_s=_int(directives["usage_limit"]) if "usage_limit" in directives else None,
+        rate_limits=_percent_pair(directives.get("rate_limits")),
         directives=directives,
     )
+
+
+def _percent_pair(raw: str | None) -> tuple[float, float] | None:
+    """`[[rate_limits=P,S]]`: the primary and secondary windows' used percent."""
+    if raw is None:
+        return None
+    primary, _, secondary = raw.partition(",")
+    try:
+        return float(primary or 0), float(secondary or 0)
+    except ValueError:
+        return None
 
 
 def split_deltas(reply: str) -> list[str]:

@@ -24,6 +24,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bridge.codex.account import AccountState
 from bridge.worker.pool import WorkerPool
 
 # LLM-shaped buckets: the default ones stop at 10 s, too short for agent turns.
@@ -94,6 +95,58 @@ class _PoolCollector(Collector):
         yield limits
 
 
+class _AccountCollector(Collector):
+    """The Codex account, read at scrape time: sign-in, refused credentials, rate-limit windows.
+
+    Window labels are Codex's limit ids (a handful per plan) and primary/secondary."""
+
+    def __init__(self, account: Callable[[], AccountState | None]) -> None:
+        self._account = account
+
+    def collect(self) -> Iterator[Metric]:
+        account = self._account()
+        if account is None:
+            return
+        signed_in = GaugeMetricFamily(
+            "codex_bridge_account_signed_in",
+            "1 when Codex has an account, 0 when not (see codex_bridge_account_usable).",
+        )
+        signed_in.add_metric([], 1 if account.account_type is not None else 0)
+        yield signed_in
+        usable = GaugeMetricFamily(
+            "codex_bridge_account_usable",
+            "0 while turns cannot reach the model for an account reason (the `reason` label).",
+            labels=["reason"],
+        )
+        usable.add_metric([account.reason or "ok"], 0 if account.reason else 1)
+        yield usable
+        used = GaugeMetricFamily(
+            "codex_bridge_rate_limit_used_percent",
+            "Used share of each Codex rate-limit window, from the provider's headers.",
+            labels=["limit", "window"],
+        )
+        minutes = GaugeMetricFamily(
+            "codex_bridge_rate_limit_window_minutes",
+            "Length of each Codex rate-limit window.",
+            labels=["limit", "window"],
+        )
+        resets = GaugeMetricFamily(
+            "codex_bridge_rate_limit_resets_at_seconds",
+            "When each Codex rate-limit window resets (Unix time).",
+            labels=["limit", "window"],
+        )
+        for w in account.windows():
+            labels = [w.limit_id, w.window]
+            used.add_metric(labels, w.used_percent)
+            if w.window_minutes is not None:
+                minutes.add_metric(labels, w.window_minutes)
+            if w.resets_at is not None:
+                resets.add_metric(labels, w.resets_at)
+        yield used
+        yield minutes
+        yield resets
+
+
 class Metrics:
     def __init__(self, *, version: str, codex_version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -102,6 +155,8 @@ class Metrics:
         PlatformCollector(registry=r)
         self._pool: WorkerPool | None = None
         r.register(_PoolCollector(lambda: self._pool))
+        self._account: AccountState | None = None
+        r.register(_AccountCollector(lambda: self._account))
         Info("codex_bridge_build", "Bridge and Codex versions.", registry=r).info(
             {"version": version, "codex_version": codex_version}
         )
@@ -207,6 +262,9 @@ class Metrics:
 
     def watch_pool(self, pool: WorkerPool) -> None:
         self._pool = pool
+
+    def watch_account(self, account: AccountState) -> None:
+        self._account = account
 
     # -- PoolObserver ------------------------------------------------------------------
     def rejected(self, reason: str) -> None:

@@ -238,6 +238,21 @@ def _lock(path: Path, what: str, fix: str) -> int:
     return fd
 
 
+def holder_pid(path: Path) -> str | None:
+    """The PID of the process holding the lock file `path`, or None when nobody holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _read_pid(fd)
+    finally:
+        os.close(fd)  # also drops the shared lock, if it was taken
+    return None
+
+
 def _read_pid(fd: int) -> str:
     """The holder's PID as written in the lock file; "unknown" in the instant before it is."""
     text = os.pread(fd, 32, 0).decode(errors="replace").strip()

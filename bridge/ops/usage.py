@@ -25,6 +25,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from bridge.appkeys import ACCOUNT
 from bridge.errors import InvalidRequest
 from bridge.ops.access import AccessRecord
 from bridge.ops.auth import API_KEY
@@ -233,5 +234,9 @@ async def get_usage(request: web.Request) -> web.Response:
     ledger = request.app[USAGE]
     await ledger.flush()
     data = await ledger.buckets(start, end, key.name if key is not None else None)
-    body = {"object": "page", "data": data, "has_more": False, "next_page": None}
+    body: dict[str, Any] = {"object": "page", "data": data, "has_more": False, "next_page": None}
+    account = request.app.get(ACCOUNT)
+    if account is not None:
+        # The Codex plan's windows, as the provider last reported them (not per key).
+        body["rate_limits"] = [w.as_json() for w in account.windows()]
     return web.Response(body=orjson.dumps(body), content_type="application/json")

@@ -54,6 +54,14 @@ BACKOFF_JITTER: Final = 0.2
 HUNG_REASONS: Final = frozenset({"unresponsive"})
 
 
+class RestartWanted(Exception):
+    """Raised by a driver's probe: the process is healthy but must be replaced (`reason`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class WorkerState(enum.Enum):
     STARTING = "starting"
     READY = "ready"
@@ -374,6 +382,9 @@ class Worker:
             await self.driver.probe(conn)
         except ServerOverloaded:
             return None  # busy, not broken: the answer proves the loop is alive
+        except RestartWanted as exc:
+            self._log.info("worker restart wanted by its driver", reason=exc.reason)
+            return exc.reason
         except RpcTimeout:
             if conn.last_received >= probe_started:
                 # Slow, not hung: it kept sending (other turns' events) while
