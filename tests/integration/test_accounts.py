@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -299,3 +300,53 @@ async def test_rate_limit_headers_become_gauges_readyz_and_usage_windows(
     assert windows["codex", "secondary"]["used_percent"] == 12
     _, ready = await get_json(bridge, "/readyz")
     assert len(ready["account"]["rate_limits"]) == 2
+
+
+async def test_serve_status_line_says_not_signed_in_until_login_beside_it(
+    tmp_path: Path,
+) -> None:
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.setblocking(False)
+    state = ["--state-dir", str(tmp_path / "state")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "serve",
+        "--demo",
+        "--port",
+        "0",
+        *state,
+        stdout=asyncio.subprocess.DEVNULL,
+        env={
+            **env,
+            "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+            "BRIDGE_DEMO_CODEX_ACCOUNT": "true",
+            "BRIDGE_HEALTH_INTERVAL_S": "0.5",
+        },
+    )
+    loop = asyncio.get_running_loop()
+
+    async def status_containing(text: str) -> str:
+        async with asyncio.timeout(CLI_TIMEOUT_S):
+            while True:
+                datagram = (await loop.sock_recv(notify, 4096)).decode()
+                if text in datagram:
+                    return datagram
+
+    try:
+        ready = await status_containing("READY=1")
+        assert "Codex is not signed in: run `codex-bridge login`" in ready
+        code, out, err = await cli(
+            "login", "--with-api-key", *state, stdin=b"sk-test-status-012345"
+        )
+        assert code == 0, err
+        assert f"(PID {proc.pid})" in out  # it knows the daemon will pick the sign-in up
+        await status_containing("signed in with an API key")
+    finally:
+        proc.terminate()
+        async with asyncio.timeout(CLI_TIMEOUT_S):
+            await proc.wait()
+        notify.close()
