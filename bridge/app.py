@@ -16,6 +16,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from importlib.metadata import version
+from pathlib import Path
 from typing import Final
 
 import structlog
@@ -34,13 +35,18 @@ from bridge.api.middleware import (
     request_context_middleware,
 )
 from bridge.api.pending import PENDING, PendingToolCalls
-from bridge.appkeys import ACCOUNT, CATALOG, LIMITS, POOL, SETTINGS, STORE
+from bridge.appkeys import ACCOUNT, ACCOUNTS, CATALOG, LIMITS, POOL, SETTINGS, STORE
 from bridge.catalog import CatalogEntry, ModelCatalog
-from bridge.codex.account import AccountState
+from bridge.codex.account import AccountState, account_rank
 from bridge.codex.dialect import account_driver_factory
 from bridge.codex.selfcheck import check_worker_tools
 from bridge.codex.turn import TurnLimits
-from bridge.config import Settings, resolve_codex_bin, resolve_codex_home, resolve_workroot
+from bridge.config import (
+    Settings,
+    resolve_accounts,
+    resolve_codex_bin,
+    resolve_workroot,
+)
 from bridge.demo import DEMO_MODEL_ID, DemoModel
 from bridge.ops import auth, usage
 from bridge.ops.admission import KEY_LIMITS, KeyLimits
@@ -116,8 +122,10 @@ def make_app(
     pending = PendingToolCalls(settings.codex.tool_call_timeout_s, settings.codex.max_parked_turns)
     app[PENDING] = pending
     app[METRICS].parked_turns.set_function(lambda: len(pending))
-    app[ACCOUNT] = AccountState()
-    app[METRICS].watch_account(app[ACCOUNT])
+    app[ACCOUNTS] = {name: AccountState() for name, _ in resolve_accounts(settings, env)}
+    # The first account: with no `codex.accounts`, the only one.
+    app[ACCOUNT] = next(iter(app[ACCOUNTS].values()))
+    app[METRICS].watch_accounts(app[ACCOUNTS])
 
     app.cleanup_ctx.append(lambda a: _state_ctx(a, env))
     app.cleanup_ctx.append(_store_ctx)
@@ -186,7 +194,7 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
     """The purge of expired responses; stops first, before the pool it deletes threads with."""
     retention = Retention(
         app[STORE],
-        app[STATE].codex_home,
+        app[STATE].homes,
         app[METRICS],
         app.get(POOL),
         app[SETTINGS].store.purge_interval_s,
@@ -225,14 +233,17 @@ def worker_configs(
     flavor: CodexFlavor,
 ) -> list[WorkerConfig]:
     codex = settings.codex
-    codex_home = prepare_codex_home(resolve_codex_home(settings, env))
     overrides = effective_overrides(settings, demo, flavor)
-    if flavor.honours_cli_overrides:
-        remove_bridge_config(codex_home)
-    else:
-        # Codex 0.77 ignores `-c` for app-server threads (protocol NOTES): the same
-        # settings go into a config.toml the bridge owns, or the bridge refuses to start.
-        write_bridge_config(codex_home, overrides)
+    homes: list[tuple[str, Path]] = []
+    for name, home in resolve_accounts(settings, env):
+        codex_home = prepare_codex_home(home)
+        if flavor.honours_cli_overrides:
+            remove_bridge_config(codex_home)
+        else:
+            # Codex 0.77 ignores `-c` for app-server threads (protocol NOTES): the same
+            # settings go into a config.toml the bridge owns, or the bridge refuses to start.
+            write_bridge_config(codex_home, overrides)
+        homes.append((name, codex_home))
     argv = worker_argv(resolve_codex_bin(settings), overrides)
     extra_env: dict[str, str] = {}
     if demo is not None:
@@ -241,11 +252,14 @@ def worker_configs(
     # In the state directory, never beside the Codex home: instances with sibling Codex
     # homes used to share it and wipe each other's worker cwd on start.
     workroot = private_dir(resolve_workroot(settings, env))
+    # `codex.workers` workers per account, each on its account's Codex home.
+    slots = [(name, home) for name, home in homes for _ in range(codex.workers)]
     return [
         WorkerConfig(
             argv=argv,
-            env=worker_env(env, codex_home=codex_home, passthrough=passthrough, extra=extra_env),
+            env=worker_env(env, codex_home=home, passthrough=passthrough, extra=extra_env),
             workdir=prepare_workdir(workroot, i),
+            account=name,
             profile=codex.profile,
             rpc_timeout_s=codex.rpc_timeout_s,
             handshake_timeout_s=codex.handshake_timeout_s,
@@ -259,7 +273,7 @@ def worker_configs(
             message_hook=message_hook,
             dialect=codex.dialect,
         )
-        for i in range(codex.workers)
+        for i, (name, home) in enumerate(slots)
     ]
 
 
@@ -301,12 +315,13 @@ async def _pool_ctx(
     )
     pool = WorkerPool(
         configs,
-        driver_factory=account_driver_factory(app[ACCOUNT]),
+        driver_factory=account_driver_factory(app[ACCOUNTS]),
         max_turns_per_worker=settings.codex.max_turns_per_worker,
         queue_limit=settings.codex.queue_limit,
         queue_timeout_s=settings.codex.queue_timeout_s,
         observer=app[METRICS],
     )
+    pool.rank = account_rank(app[ACCOUNTS])
     app[POOL] = pool
     app[METRICS].watch_pool(pool)
     pool.start()

@@ -17,5 +17,7 @@ SETTINGS: Final = web.AppKey("settings", Settings)
 CATALOG: Final = web.AppKey("catalog", ModelCatalog)
 POOL: Final = web.AppKey("pool", WorkerPool)
 ACCOUNT: Final = web.AppKey("account", AccountState)
+ACCOUNTS: Final = web.AppKey("accounts", dict[str, AccountState])
+"""Every account (Codex home) by name, in `codex.accounts` order; one "default" without it."""
 LIMITS: Final = web.AppKey("limits", TurnLimits)
 STORE: Final = web.AppKey("store", ResponseStore)

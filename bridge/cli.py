@@ -17,7 +17,14 @@ from typing import Any, NoReturn
 
 import orjson
 
-from bridge.config import ConfigError, config_table_markdown, load_settings, resolve_codex_bin
+from bridge.config import (
+    ConfigError,
+    Settings,
+    config_table_markdown,
+    load_settings,
+    resolve_accounts,
+    resolve_codex_bin,
+)
 
 EXIT_USAGE = 2
 
@@ -61,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID[=CODEX_MODEL]",
         help="extra model id to serve (repeatable)",
     )
+    serve.add_argument(
+        "--account",
+        action="append",
+        metavar="NAME=CODEX_HOME",
+        help="a Codex account of the pool, on its own Codex home (repeatable)",
+    )
     serve.add_argument("--workers", type=int)
     serve.add_argument("--profile", choices=["plain", "agent"])
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -92,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="Codex setting, as given to serve (repeatable)",
         )
         command.add_argument("--demo", action="store_true", default=None, help="as given to serve")
+        command.add_argument(
+            "--account",
+            dest="account_name",
+            metavar="NAME[=CODEX_HOME]",
+            help="one account of the pool: a name in codex.accounts, or NAME=CODEX_HOME",
+        )
 
     check = sub.add_parser("check-config", help="print the effective settings as JSON")
     check.add_argument("--config")
@@ -109,6 +128,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "state_dir": "server.state_dir",
         "codex_config": "codex.config_overrides",
         "model": "codex.models",
+        "account": "codex.accounts",
         "workers": "codex.workers",
         "profile": "codex.profile",
         "log_level": "log.level",
@@ -118,6 +138,22 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         for name, dotted in mapping.items()
         if getattr(args, name, None) is not None
     }
+
+
+def _one_account(settings: Settings, args: argparse.Namespace) -> Settings:
+    """The settings of `--account NAME[=CODEX_HOME]` alone: its home as codex.home."""
+    name, sep, home = str(args.account_name).partition("=")
+    homes = dict(resolve_accounts(settings, os.environ))
+    if not sep:
+        if name not in homes or not settings.codex.accounts:
+            known = ", ".join(homes) if settings.codex.accounts else "none configured"
+            raise ConfigError(f"--account: no account {name!r} in codex.accounts ({known})")
+        home = str(homes[name])
+    return load_settings(
+        config_path=args.config,
+        env=os.environ,
+        overrides={**_overrides(args), "codex.home": home, "codex.accounts": []},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command in ("login", "logout", "account"):
         from bridge import signin
+
+        if args.account_name is not None:
+            try:
+                settings = _one_account(settings, args)
+            except ConfigError as exc:
+                print(f"codex-bridge: error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
         from bridge.ops.logging import configure_logging
 
         # Codex's own stderr (sandbox notices) is not the user's business here.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shutil
 import tomllib
 from collections.abc import Mapping
@@ -20,6 +21,10 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MiB: Final = 1024 * 1024
+# Account names are metric labels: short, fixed alphabet, and few.
+_ACCOUNT_NAME: Final = re.compile(r"^[a-z0-9_-]{1,32}$")
+MAX_ACCOUNTS: Final = 16
+DEFAULT_ACCOUNT: Final = "default"
 
 
 class ConfigError(Exception):
@@ -92,6 +97,24 @@ class CodexSettings(_Frozen):
     agent_view_image: bool = False
     agent_web_search: bool = False
     env_passthrough: tuple[str, ...] = ()
+    accounts: tuple[str, ...] = ()
+
+    @field_validator("accounts")
+    @classmethod
+    def _accounts_are_name_home(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names: set[str] = set()
+        for item in value:
+            name, sep, home = item.partition("=")
+            if not sep or not _ACCOUNT_NAME.match(name.strip()) or not home.strip():
+                raise ValueError(
+                    f"{item!r} is not NAME=CODEX_HOME (NAME: 1-32 of a-z, 0-9, _ and -)"
+                )
+            if name.strip() in names:
+                raise ValueError(f"account {name.strip()!r} is named twice")
+            names.add(name.strip())
+        if len(value) > MAX_ACCOUNTS:
+            raise ValueError(f"at most {MAX_ACCOUNTS} accounts")
+        return value
 
     @field_validator("config_overrides")
     @classmethod
@@ -386,6 +409,14 @@ FIELDS: Final = (
         "Extra environment variable names passed to workers, beside the fixed allow-list (env: comma-separated).",
     ),
     FieldDoc(
+        "codex",
+        "accounts",
+        "BRIDGE_CODEX_ACCOUNTS",
+        "A pool of Codex accounts, `NAME=CODEX_HOME` each (env: comma-separated): `codex.workers` "
+        "workers per account, each on its account's home (`codex.home` is then unused); requests "
+        "go to the account with the most headroom, and one at its usage limit rests until its reset.",
+    ),
+    FieldDoc(
         "auth",
         "api_keys",
         "BRIDGE_API_KEYS",
@@ -508,6 +539,7 @@ _LIST_SPLIT: Final = {
     "cors_origins": ",",
     "env_passthrough": ",",
     "fetch_allow": ",",
+    "accounts": ",",
 }
 
 
@@ -645,6 +677,19 @@ def resolve_codex_home(settings: Settings, env: Mapping[str, str] | None = None)
     if settings.codex.home:
         return Path(settings.codex.home).expanduser().resolve()
     return resolve_state_dir(settings, env) / "codex-home"
+
+
+def resolve_accounts(
+    settings: Settings, env: Mapping[str, str] | None = None
+) -> list[tuple[str, Path]]:
+    """Each account's name and Codex home; without `codex.accounts`, one named "default"."""
+    if not settings.codex.accounts:
+        return [(DEFAULT_ACCOUNT, resolve_codex_home(settings, env))]
+    out = []
+    for item in settings.codex.accounts:
+        name, _, home = item.partition("=")
+        out.append((name.strip(), Path(home.strip()).expanduser().resolve()))
+    return out
 
 
 def resolve_workroot(settings: Settings, env: Mapping[str, str] | None = None) -> Path:

@@ -11,6 +11,7 @@ it never stops the loop. Knows the store, the pool and metrics; no HTTP.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -29,13 +30,13 @@ class Retention:
     def __init__(
         self,
         store: ResponseStore,
-        codex_home: Path,
+        codex_homes: Sequence[Path],
         metrics: Metrics,
         pool: WorkerPool | None,
         interval_s: float,
     ) -> None:
         self._store = store
-        self._codex_home = codex_home
+        self._codex_homes = tuple(codex_homes)
         self._metrics = metrics
         self._pool = pool
         self._interval_s = interval_s
@@ -68,8 +69,15 @@ class Retention:
         await self._delete([thread_id])
 
     async def _delete(self, thread_ids: list[str]) -> int:
+        if len(self._codex_homes) > 1:
+            # A pool of accounts: a thread lives in one of the homes, and a worker of
+            # another account would call it gone. The rollout files say where it is.
+            deleted = 0
+            for home in self._codex_homes:
+                deleted += await delete_threads(None, home, thread_ids)
+            return deleted
         worker = self._pool.any_ready() if self._pool is not None else None
-        return await delete_threads(worker, self._codex_home, thread_ids)
+        return await delete_threads(worker, self._codex_homes[0], thread_ids)
 
 
 RETENTION: Final = web.AppKey("retention", Retention)

@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from bridge.app import make_app
-from bridge.appkeys import ACCOUNT, POOL
+from bridge.appkeys import ACCOUNTS, POOL
 from bridge.codex.account import AccountState
 from bridge.config import ConfigError, Settings
 from bridge.ops.auth import AUTH
@@ -90,9 +90,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     # The watchdog pings from the event loop itself, so a wedged loop stops
     # them; it also requires every worker's supervisor task to be alive.
     watchdog = asyncio.create_task(notifier.run_watchdog(pool.supervisors_alive))
-    ready = asyncio.create_task(_announce_ready(notifier, pool, app[ACCOUNT]))
-    # Every change of the account's usability reaches `systemctl status` and the log.
-    app[ACCOUNT].listeners.append(lambda account: _account_changed(notifier, pool, account))
+    accounts = app[ACCOUNTS]
+    ready = asyncio.create_task(_announce_ready(notifier, pool, accounts))
+    # Every change of an account's usability reaches `systemctl status` and the log.
+    for state in accounts.values():
+        state.listeners.append(lambda account: _account_changed(notifier, pool, accounts, account))
     try:
         await stop.wait()
     finally:
@@ -131,22 +133,32 @@ def listener_allowed(settings: Settings, *, keys_configured: bool) -> bool:
 
 
 async def _announce_ready(
-    notifier: SystemdNotifier, pool: WorkerPool, account: AccountState
+    notifier: SystemdNotifier, pool: WorkerPool, accounts: dict[str, AccountState]
 ) -> None:
     ok = await pool.wait_ready(READY_WAIT_S)
-    notifier.ready(_status(pool, account) if ok else "no worker ready yet")
+    notifier.ready(_status(pool, accounts) if ok else "no worker ready yet")
 
 
-def _status(pool: WorkerPool, account: AccountState) -> str:
-    return f"{pool.ready_count}/{len(pool.workers)} workers ready; {account.status_line()}"
+def _status(pool: WorkerPool, accounts: dict[str, AccountState]) -> str:
+    if len(accounts) == 1:
+        (only,) = accounts.values()
+        states = only.status_line()
+    else:
+        states = ", ".join(f"{name}: {state.status_line()}" for name, state in accounts.items())
+    return f"{pool.ready_count}/{len(pool.workers)} workers ready; {states}"
 
 
-def _account_changed(notifier: SystemdNotifier, pool: WorkerPool, account: AccountState) -> None:
+def _account_changed(
+    notifier: SystemdNotifier,
+    pool: WorkerPool,
+    accounts: dict[str, AccountState],
+    account: AccountState,
+) -> None:
     if account.reason is not None:
         log.warning("codex account unusable", reason=account.reason, fix=account.status_line())
     else:
         log.info("codex account usable", account=account.status_line())
-    notifier.status(_status(pool, account))
+    notifier.status(_status(pool, accounts))
 
 
 async def _drain(pool: WorkerPool, deadline: float) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from bridge.appkeys import ACCOUNT, POOL
+from bridge.appkeys import ACCOUNT, ACCOUNTS, POOL
 from bridge.codex.account import NOT_SIGNED_IN_REASON
 
 
@@ -22,8 +22,10 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     account = request.app[ACCOUNT]
+    accounts = request.app[ACCOUNTS]
     ready = pool.ready_count
-    signed_out = account.signed_out
+    # With a pool of accounts, one signed-out account leaves the others serving.
+    signed_out = all(a.signed_out for a in accounts.values())
     body: dict[str, object] = {
         "status": "ready" if ready and not pool.closing and not signed_out else "unavailable",
         "workers_ready": ready,
@@ -33,6 +35,10 @@ async def readyz(request: web.Request) -> web.Response:
         "queued": pool.waiting,
         "account": account.as_json(),
     }
+    if len(accounts) > 1:
+        body["accounts"] = {
+            name: {**state.as_json(), "reason": state.reason} for name, state in accounts.items()
+        }
     if signed_out:
         body["reason"] = NOT_SIGNED_IN_REASON
         body["message"] = account.status_line()

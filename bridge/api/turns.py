@@ -12,6 +12,12 @@ choice's first event before any byte goes out (bounded by
 error; `overall_deadline` holds everything after it, writes to a slow client
 included, to `codex.request_deadline_s`.
 
+With a pool of accounts (`codex.accounts`), a turn that hits its account's
+usage limit before any content is started again on another account that
+has headroom (the client sees no error while one has), and a continuation
+(`previous_response_id`) whose thread lives in another account's Codex home
+is started there.
+
 A turn that ends in client tool calls is handed over to the pending registry
 (`bridge.api.pending`) and gives its key and worker slots back: a turn that
 waits for a client holds no capacity. The request that brings the results
@@ -38,7 +44,7 @@ from bridge.appkeys import LIMITS, POOL
 from bridge.codex.dialect import start_turn
 from bridge.codex.events import Failed, Finished, TextDelta, ToolCall, TurnEvent, Usage
 from bridge.codex.turn import Turn, TurnRequest
-from bridge.errors import BridgeError, DeadlineExceeded, RateLimited
+from bridge.errors import BridgeError, DeadlineExceeded, NotFound, RateLimited, UsageLimitReached
 from bridge.ops.admission import KEY_LIMITS
 from bridge.ops.auth import API_KEY
 from bridge.store import ANONYMOUS_OWNER
@@ -103,6 +109,7 @@ class TurnSession:
         self._last_event = self._started
         # An event read ahead by `hold_for_content`, handed out first by `next_event`.
         self._peeked: TurnEvent | None = None
+        self._failovers = 0
 
     async def __aenter__(self) -> TurnSession:
         await self.admit()
@@ -110,19 +117,79 @@ class TurnSession:
             assert self._worker is not None and self._lease is not None
             self._started = self._last_event = self._clock()
             # Retried on Codex overload within the queue deadline, possibly on another worker.
-            self._turn = await self._pool.start_on(
-                self._lease, lambda worker: start_turn(worker, self._request)
-            )
-            if self._lease.worker is not self._worker:
-                self._worker = moved = self._lease.worker
-                self._worker_pid = moved.pid
-                self.worker_id = self._record.worker = moved.id
-                structlog.contextvars.bind_contextvars(worker=moved.id)
+            self._turn = await self._start_continuation()
+            self._follow_lease()
         except BaseException:
             await self._stack.aclose()
             raise
         self._record.turns += 1  # billed from here on, whatever the outcome
         return self
+
+    async def _start(self) -> Turn:
+        assert self._lease is not None
+        # Retried on Codex overload within the queue deadline, possibly on another worker.
+        return await self._pool.start_on(
+            self._lease, lambda worker: start_turn(worker, self._request)
+        )
+
+    async def _start_continuation(self) -> Turn:
+        """Starts the turn; a continuation not found in this account's home is tried in the others'."""
+        assert self._lease is not None
+        tried: set[str] = set()
+        while True:
+            try:
+                return await self._start()
+            except NotFound as exc:
+                if self._request.continue_from is None or exc.param != "previous_response_id":
+                    raise
+                tried.add(self._lease.worker.config.account)
+                if self._pool.move(self._lease, lambda w: w.config.account in tried) is None:
+                    raise
+
+    def _follow_lease(self) -> None:
+        """The lease moved (overload, another account): the turn runs on its new worker."""
+        assert self._lease is not None
+        if self._lease.worker is not self._worker:
+            self._worker = moved = self._lease.worker
+            self._worker_pid = moved.pid
+            self.worker_id = self._record.worker = moved.id
+            structlog.contextvars.bind_contextvars(worker=moved.id)
+
+    async def _fail_over(self, failed: Failed) -> bool:
+        """Starts again on another account a turn that hit its usage limit before any content.
+
+        Not for a continuation (its thread lives in this account's Codex home)
+        nor a turn resumed with tool results; at most once per other worker.
+        """
+        lease, old = self._lease, self._turn
+        if (
+            lease is None
+            or old is None
+            or self._use
+            or self._request.continue_from is not None
+            or self._failovers >= len(self._pool.workers)
+        ):
+            return False
+        account = lease.worker.config.account
+        rank = self._pool.rank
+        moved = self._pool.move(lease, lambda w: w.config.account == account or rank(w) is None)
+        if moved is None:
+            return False
+        self._failovers += 1
+        self._account(failed.usage)
+        with contextlib.suppress(Exception):
+            await old.aclose()
+        log.warning(
+            "usage limit reached; retrying on another account",
+            account=account,
+            to_account=moved.config.account,
+        )
+        self._follow_lease()
+        self._ended = self._accounted = False
+        self._turn = await self._start()
+        self._follow_lease()
+        self._record.turns += 1
+        return True
 
     async def admit(self) -> None:
         """Takes the key's and a worker's slot; no turn runs yet. Idempotent.
@@ -356,6 +423,13 @@ class TurnSession:
             await self._expire(which)
             raise AssertionError("unreachable") from None
         self._last_event = self._clock()
+        if (
+            isinstance(event, Failed)
+            and isinstance(event.error, UsageLimitReached)
+            and not self._got_text
+            and await self._fail_over(event)
+        ):
+            return await self.next_event(keepalive_s=keepalive_s)
         if isinstance(event, TextDelta):
             if not self._got_text:
                 self._got_text = True

@@ -36,6 +36,8 @@ CREDENTIALS_REFUSED_REASON: Final = "codex_credentials_refused"
 AUTH_FILE: Final = "auth.json"
 # A window this full is exhausted: the backend refuses turns until it resets.
 EXHAUSTED_PERCENT: Final = 100.0
+# An account whose usage limit came without a reset time rests this long.
+UNKNOWN_RESET_REST_S: Final = 300
 # `account/updated` names the auth mode; `account/read` the account type.
 _TYPE_LABELS: Final = {"apiKey": "an API key", "chatgpt": "ChatGPT"}
 _AUTH_MODE_TYPES: Final = {"apikey": "apiKey", "chatgpt": "chatgpt", "chatgptAuthTokens": "chatgpt"}
@@ -72,6 +74,8 @@ class AccountState:
     plan: str | None = None
     requires_openai_auth: bool = False
     credentials_refused: bool = False
+    rest_until: int | None = None
+    """Set when a usage limit came without any window saying when it resets."""
     limits: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The last rate-limit snapshot per `limitId`, merged from sparse updates."""
     listeners: list[Callable[[AccountState], None]] = field(default_factory=list)
@@ -122,7 +126,8 @@ class AccountState:
     def usage_reset_at(self, now: float | None = None) -> int | None:
         """When every exhausted window has reset (epoch seconds), if one is exhausted now."""
         now = time.time() if now is None else now
-        resets = [
+        rested = [self.rest_until] if self.rest_until is not None and self.rest_until > now else []
+        resets = rested + [
             w.resets_at
             for w in self.windows()
             if w.used_percent >= EXHAUSTED_PERCENT and w.resets_at is not None and w.resets_at > now
@@ -247,3 +252,22 @@ def _number(value: Any) -> bool:
 
 def _int_or_none(value: Any) -> int | None:
     return int(value) if _number(value) else None
+
+
+def account_rank(accounts: dict[str, AccountState]) -> Callable[[Any], float | None]:
+    """The pool's `rank`: a worker's account headroom in percent, None while it rests.
+
+    An account rests while signed out, refused upstream, or at a usage limit
+    (until the exhausted window's reset). Headroom is what its fullest
+    window has left; unknown windows count as empty.
+    """
+
+    def rank(worker: Any) -> float | None:
+        state = accounts.get(worker.config.account)
+        if state is None:
+            return 0.0
+        if state.reason is not None or state.usage_reset_at() is not None:
+            return None
+        return EXHAUSTED_PERCENT - max((w.used_percent for w in state.windows()), default=0.0)
+
+    return rank

@@ -98,7 +98,10 @@ class CodexDriver:
             self.name = self._config.dialect
         else:
             self.name = await self._detect(conn)
-        await self._read_account(conn)
+        # The account is known before the first turn; a worker that cannot say is
+        # judged by its health probe, not failed here.
+        with contextlib.suppress(RpcTimeout, ConnectionClosed):
+            await self._read_account(conn)
 
     async def probe(self, conn: RpcConnection) -> None:
         """Does what a turn needs first; raises RpcTimeout, ConnectionClosed or RpcError."""
@@ -109,12 +112,14 @@ class CodexDriver:
             with contextlib.suppress(RpcError):  # any answer proves the loop is alive
                 await conn.request(V1_PROBE_METHOD, {}, timeout=timeout)
             return
-        await self._read_account(conn)
         started = await conn.request("thread/start", self._probe_thread_params(), timeout=timeout)
         thread_id = _thread_id(started)
         if thread_id is None:
             raise RpcError(0, "thread/start answered without a thread id")
         await conn.request("thread/unsubscribe", {"threadId": thread_id}, timeout=timeout)
+        # After the probe proper: an early answer would make a hung thread/start look
+        # like a busy worker to the supervisor (it tells them apart by last_received).
+        await self._read_account(conn)
 
     def connection_lost(self) -> None:
         self._router.connection_lost()
@@ -198,11 +203,11 @@ def codex_driver(config: WorkerConfig) -> CodexDriver:
     return CodexDriver(config)
 
 
-def account_driver_factory(account: AccountState) -> DriverFactory:
-    """A driver factory whose workers share `account` (one Codex home)."""
+def account_driver_factory(accounts: dict[str, AccountState]) -> DriverFactory:
+    """A driver factory: each worker shares the state of its account (its Codex home)."""
 
     def factory(config: WorkerConfig) -> CodexDriver:
-        return CodexDriver(config, account)
+        return CodexDriver(config, accounts[config.account])
 
     return factory
 

@@ -9,7 +9,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from bridge.codex.account import LOGIN_HINT, AccountState
+from bridge.codex.account import LOGIN_HINT, UNKNOWN_RESET_REST_S, AccountState
 from bridge.errors import (
     BridgeError,
     ContextLengthExceeded,
@@ -69,6 +69,8 @@ def usage_limit_error(
     reset_at = account.usage_reset_at(now) if account is not None else None
     plan = f" ({account.plan} plan)" if account is not None and account.plan else ""
     if reset_at is None:
+        if account is not None:
+            account.rest_until = int(now) + UNKNOWN_RESET_REST_S
         return UsageLimitReached(
             f"The Codex account{plan} reached its usage limit. Codex says: {message}"
         )

@@ -96,52 +96,55 @@ class _PoolCollector(Collector):
 
 
 class _AccountCollector(Collector):
-    """The Codex account, read at scrape time: sign-in, refused credentials, rate-limit windows.
+    """The Codex accounts, read at scrape time: sign-in, usability, rate-limit windows.
 
-    Window labels are Codex's limit ids (a handful per plan) and primary/secondary."""
+    Labels: the account name (`codex.accounts`, at most 16; "default" without
+    it), Codex's limit ids (a handful per plan) and primary/secondary."""
 
-    def __init__(self, account: Callable[[], AccountState | None]) -> None:
-        self._account = account
+    def __init__(self, accounts: Callable[[], dict[str, AccountState]]) -> None:
+        self._accounts = accounts
 
     def collect(self) -> Iterator[Metric]:
-        account = self._account()
-        if account is None:
+        accounts = self._accounts()
+        if not accounts:
             return
         signed_in = GaugeMetricFamily(
             "codex_bridge_account_signed_in",
             "1 when Codex has an account, 0 when not (see codex_bridge_account_usable).",
+            labels=["account"],
         )
-        signed_in.add_metric([], 1 if account.account_type is not None else 0)
-        yield signed_in
         usable = GaugeMetricFamily(
             "codex_bridge_account_usable",
             "0 while turns cannot reach the model for an account reason (the `reason` label).",
-            labels=["reason"],
+            labels=["account", "reason"],
         )
-        usable.add_metric([account.reason or "ok"], 0 if account.reason else 1)
-        yield usable
         used = GaugeMetricFamily(
             "codex_bridge_rate_limit_used_percent",
             "Used share of each Codex rate-limit window, from the provider's headers.",
-            labels=["limit", "window"],
+            labels=["account", "limit", "window"],
         )
         minutes = GaugeMetricFamily(
             "codex_bridge_rate_limit_window_minutes",
             "Length of each Codex rate-limit window.",
-            labels=["limit", "window"],
+            labels=["account", "limit", "window"],
         )
         resets = GaugeMetricFamily(
             "codex_bridge_rate_limit_resets_at_seconds",
             "When each Codex rate-limit window resets (Unix time).",
-            labels=["limit", "window"],
+            labels=["account", "limit", "window"],
         )
-        for w in account.windows():
-            labels = [w.limit_id, w.window]
-            used.add_metric(labels, w.used_percent)
-            if w.window_minutes is not None:
-                minutes.add_metric(labels, w.window_minutes)
-            if w.resets_at is not None:
-                resets.add_metric(labels, w.resets_at)
+        for name, account in accounts.items():
+            signed_in.add_metric([name], 1 if account.account_type is not None else 0)
+            usable.add_metric([name, account.reason or "ok"], 0 if account.reason else 1)
+            for w in account.windows():
+                labels = [name, w.limit_id, w.window]
+                used.add_metric(labels, w.used_percent)
+                if w.window_minutes is not None:
+                    minutes.add_metric(labels, w.window_minutes)
+                if w.resets_at is not None:
+                    resets.add_metric(labels, w.resets_at)
+        yield signed_in
+        yield usable
         yield used
         yield minutes
         yield resets
@@ -155,8 +158,8 @@ class Metrics:
         PlatformCollector(registry=r)
         self._pool: WorkerPool | None = None
         r.register(_PoolCollector(lambda: self._pool))
-        self._account: AccountState | None = None
-        r.register(_AccountCollector(lambda: self._account))
+        self._accounts: dict[str, AccountState] = {}
+        r.register(_AccountCollector(lambda: self._accounts))
         Info("codex_bridge_build", "Bridge and Codex versions.", registry=r).info(
             {"version": version, "codex_version": codex_version}
         )
@@ -263,8 +266,8 @@ class Metrics:
     def watch_pool(self, pool: WorkerPool) -> None:
         self._pool = pool
 
-    def watch_account(self, account: AccountState) -> None:
-        self._account = account
+    def watch_accounts(self, accounts: dict[str, AccountState]) -> None:
+        self._accounts = accounts
 
     # -- PoolObserver ------------------------------------------------------------------
     def rejected(self, reason: str) -> None:

@@ -30,6 +30,7 @@ import structlog
 from bridge.config import (
     ConfigError,
     Settings,
+    resolve_accounts,
     resolve_codex_home,
     resolve_legacy_store_path,
     resolve_state_dir,
@@ -59,6 +60,13 @@ class StateLayout:
     store_path: Path
     # The SQLite file of a pre-state-dir install, to import once; None when the layout is unchanged.
     legacy_store_path: Path | None
+    # Each account's Codex home (`codex.accounts`); just `codex_home` without a pool.
+    account_homes: tuple[Path, ...] = ()
+
+    @property
+    def homes(self) -> tuple[Path, ...]:
+        """Every Codex home this instance's workers use, each once."""
+        return tuple(dict.fromkeys(self.account_homes or (self.codex_home,)))
 
     @classmethod
     def resolve(cls, settings: Settings, env: Mapping[str, str] | None = None) -> StateLayout:
@@ -68,6 +76,7 @@ class StateLayout:
             workroot=resolve_workroot(settings, env),
             store_path=resolve_store_path(settings, env),
             legacy_store_path=resolve_legacy_store_path(settings, env),
+            account_homes=tuple(home for _, home in resolve_accounts(settings, env)),
         )
 
     @property
@@ -174,7 +183,7 @@ class InstanceLock:
         self._fds: list[int] = []
 
     def acquire(self) -> None:
-        for directory in (self._layout.state_dir, self._layout.codex_home):
+        for directory in (self._layout.state_dir, *self._layout.homes):
             try:
                 directory.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
             except OSError as exc:
@@ -188,13 +197,15 @@ class InstanceLock:
                     "give each instance its own server.state_dir (--state-dir, BRIDGE_STATE_DIR)",
                 )
             )
-            self._fds.append(
-                _lock(
-                    self._layout.codex_home / HOME_LOCK_NAME,
-                    f"Codex home {self._layout.codex_home}",
-                    "give each instance its own codex.home (--codex-home, BRIDGE_CODEX_HOME)",
+            for home in self._layout.homes:
+                self._fds.append(
+                    _lock(
+                        home / HOME_LOCK_NAME,
+                        f"Codex home {home}",
+                        "give each instance its own codex.home (--codex-home, "
+                        "BRIDGE_CODEX_HOME) and codex.accounts homes",
+                    )
                 )
-            )
         except BaseException:
             self.release()
             raise

@@ -25,7 +25,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from bridge.appkeys import ACCOUNT
+from bridge.appkeys import ACCOUNTS
 from bridge.errors import InvalidRequest
 from bridge.ops.access import AccessRecord
 from bridge.ops.auth import API_KEY
@@ -235,8 +235,11 @@ async def get_usage(request: web.Request) -> web.Response:
     await ledger.flush()
     data = await ledger.buckets(start, end, key.name if key is not None else None)
     body: dict[str, Any] = {"object": "page", "data": data, "has_more": False, "next_page": None}
-    account = request.app.get(ACCOUNT)
-    if account is not None:
-        # The Codex plan's windows, as the provider last reported them (not per key).
-        body["rate_limits"] = [w.as_json() for w in account.windows()]
+    accounts = request.app.get(ACCOUNTS) or {}
+    # The Codex plans' windows, as the provider last reported them (not per key).
+    body["rate_limits"] = [
+        {"account": name, **w.as_json()}
+        for name, state in accounts.items()
+        for w in state.windows()
+    ]
     return web.Response(body=orjson.dumps(body), content_type="application/json")

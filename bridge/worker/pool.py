@@ -19,6 +19,15 @@ an overload answer or a start slower than a quarter of `rpc_timeout_s`
 halves it; afterwards it grows by one per window; always between 1 and
 `max_turns_per_worker`.
 
+With several accounts (one Codex home each), `rank(worker)` — set by the
+pool's builder — says how much headroom the worker's account has (higher is
+better) or None when it can take no turn now (drained until its usage limit
+resets, signed out); `_pick` prefers ready workers by rank, then by load, and
+falls back to unranked workers only when every account is out (the turn then
+fails with the account's own error). `move(lease, exclude)` gives a lease's
+slot back and takes one on another worker: a request whose turn hit a usage
+limit before any content is retried on another account.
+
 Knows workers and capacity; knows no protocol details and no HTTP.
 """
 
@@ -151,6 +160,8 @@ class WorkerPool:
         ]
         self._capacity = {w.id: self._fresh_capacity(None) for w in self.workers}
         self._closing = False
+        self.rank: Callable[[Worker], float | None] = lambda worker: 0.0
+        """Headroom of the worker's account (higher first); None: its account rests."""
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -280,6 +291,32 @@ class WorkerPool:
                 self._succeeded(worker)
             return result
 
+    def move(self, lease: Lease, exclude: Callable[[Worker], bool]) -> Worker | None:
+        """Gives the lease's slot back and takes one on a ready worker not `exclude`d, at once.
+
+        None (the lease unchanged) when no such worker has a free slot now:
+        the caller keeps the error it had.
+        """
+        if self.closing:
+            return None
+        previous = lease.worker
+        candidates = [w for w in self.workers if w is not previous and not exclude(w)]
+        best = None
+        for worker in candidates:
+            if not worker.ready or worker.active_turns >= self.turn_limit(worker):
+                continue
+            key = self._preference(worker, None)
+            if best is None or key > self._preference(best, None):
+                best = worker
+        if best is None:
+            return None
+        best.active_turns += 1
+        lease.worker = best
+        if lease.held:
+            self._release(previous)
+        lease.held = True
+        return best
+
     async def _acquire(self, on: Worker | None, avoid: Worker | None, deadline: float) -> Worker:
         if self.closing:
             self.observer.rejected("shutting_down")
@@ -349,15 +386,19 @@ class WorkerPool:
 
     def _pick(self, on: Worker | None, avoid: Worker | None = None) -> Worker | None:
         best: Worker | None = None
+        best_key: tuple[bool, bool, float, int] | None = None
         for worker in self.workers if on is None else (on,):
             if not worker.ready or worker.active_turns >= self.turn_limit(worker):
                 continue
-            if best is None or (worker is not avoid, -worker.active_turns) > (
-                best is not avoid,
-                -best.active_turns,
-            ):
-                best = worker
+            key = self._preference(worker, avoid)
+            if best_key is None or key > best_key:
+                best, best_key = worker, key
         return best
+
+    def _preference(self, worker: Worker, avoid: Worker | None) -> tuple[bool, bool, float, int]:
+        """Not the avoided worker, then an account that can take turns, its headroom, its load."""
+        rank = self.rank(worker)
+        return (worker is not avoid, rank is not None, rank or 0.0, -worker.active_turns)
 
     def _release(self, worker: Worker) -> None:
         worker.active_turns -= 1

@@ -91,6 +91,8 @@ class WorkerConfig:
     """"v2", "v1", or "auto": v2 when the worker accepts thread/start, else v1."""
     message_hook: MessageHook | None = None
     """Sees every JSON-RPC message (tests validate them against the schema bundle)."""
+    account: str = "default"
+    """The account (Codex home) this worker serves: a routing key and a metric label."""
 
 
 class WorkerDriver(Protocol):

@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 
 from bridge import signin
-from bridge.appkeys import ACCOUNT
+from bridge.appkeys import ACCOUNT, ACCOUNTS
 from bridge.config import Settings
 from bridge.demo import DEMO_MODEL_ID
 from tests.harness import RunningBridge, bridge_test_settings, running_bridge, wait_until
@@ -189,8 +189,11 @@ async def test_signed_out_daemon_answers_503_naming_login_and_readyz_says_why(
         assert body["error"]["code"] == "codex_not_signed_in"
 
         text = await metrics_text(bridge)
-        assert "codex_bridge_account_signed_in 0.0" in text
-        assert 'codex_bridge_account_usable{reason="codex_not_signed_in"} 0.0' in text
+        assert 'codex_bridge_account_signed_in{account="default"} 0.0' in text
+        assert (
+            'codex_bridge_account_usable{account="default",reason="codex_not_signed_in"} 0.0'
+            in text
+        )
 
 
 async def test_daemon_serves_after_login_beside_it_without_a_restart(tmp_path: Path) -> None:
@@ -224,8 +227,9 @@ async def test_refused_credentials_answer_503_naming_login_and_show_in_readyz(
         status, ready = await get_json(bridge, "/readyz")
         assert ready["reason"] == "codex_credentials_refused"
         assert ready["account"]["credentials_refused"] is True
-        assert 'codex_bridge_account_usable{reason="codex_credentials_refused"} 0.0' in (
-            await metrics_text(bridge)
+        assert (
+            'codex_bridge_account_usable{account="default",reason="codex_credentials_refused"} 0.0'
+            in (await metrics_text(bridge))
         )
 
 
@@ -283,12 +287,22 @@ async def test_rate_limit_headers_become_gauges_readyz_and_usage_windows(
     status, _, _ = await chat(bridge, "[[rate_limits=30,10]]")
     assert status == 200
     text = await metrics_text(bridge)
-    assert 'codex_bridge_rate_limit_used_percent{limit="codex",window="primary"} 30.0' in text
-    assert 'codex_bridge_rate_limit_used_percent{limit="codex",window="secondary"} 10.0' in text
     assert (
-        'codex_bridge_rate_limit_window_minutes{limit="codex",window="secondary"} 10080.0' in text
+        'codex_bridge_rate_limit_used_percent{account="default",limit="codex",window="primary"} 30.0'
+        in text
     )
-    assert 'codex_bridge_rate_limit_resets_at_seconds{limit="codex",window="primary"}' in text
+    assert (
+        'codex_bridge_rate_limit_used_percent{account="default",limit="codex",window="secondary"} 10.0'
+        in text
+    )
+    assert (
+        'codex_bridge_rate_limit_window_minutes{account="default",limit="codex",window="secondary"} 10080.0'
+        in text
+    )
+    assert (
+        'codex_bridge_rate_limit_resets_at_seconds{account="default",limit="codex",window="primary"}'
+        in text
+    )
 
     # A later, sparse update is merged into what was known.
     await chat(bridge, "[[rate_limits=55,12]]")
@@ -350,3 +364,108 @@ async def test_serve_status_line_says_not_signed_in_until_login_beside_it(
         async with asyncio.timeout(CLI_TIMEOUT_S):
             await proc.wait()
         notify.close()
+
+
+# -- a pool of accounts -------------------------------------------------------------------
+
+
+async def pool_of(tmp_path: Path, keys: dict[str, str]) -> Settings:
+    """Settings for a pool with one signed-in Codex home per account."""
+    accounts = []
+    for name, key in keys.items():
+        home = tmp_path / f"account-{name}"
+        assert await signin.login_api_key(bridge_test_settings(home), {}, key) == 0
+        accounts.append(f"{name}={home}")
+    return account_settings(tmp_path, **{"codex.accounts": accounts})
+
+
+async def test_pool_fails_over_to_another_account_when_one_reaches_its_limit(
+    tmp_path: Path,
+) -> None:
+    settings = await pool_of(
+        tmp_path, {"limited": "sk-test-limited-0123456789", "spare": "sk-test-spare-0123456789"}
+    )
+    async with running_bridge(settings) as bridge:
+        accounts = bridge.app[ACCOUNTS]
+        await wait_until(
+            lambda: all(a.account_type == "apiKey" for a in accounts.values()),
+            timeout=RESTART_TIMEOUT_S,
+        )
+        # Equal headroom and load: the first request goes to the first account, at its limit.
+        status, _, body = await chat(bridge, "[[reply=spare]]", stream=True)
+        assert status == 200
+        assert '"content":"spare"' in body
+        assert accounts["limited"].usage_reset_at() is not None  # drained until its reset
+        for _ in range(3):
+            status, _, body = await chat(bridge, "[[reply=still fine]]")
+            assert status == 200, body
+        _, ready = await get_json(bridge, "/readyz")
+        assert ready["accounts"]["limited"]["rate_limits"][0]["used_percent"] == 100
+        assert ready["status"] == "ready"
+        text = await metrics_text(bridge)
+        assert (
+            'codex_bridge_rate_limit_used_percent{account="limited",limit="codex",window="primary"} 100.0'
+            in text
+        )
+
+
+async def test_pool_answers_usage_limit_when_every_account_is_at_its_limit(
+    tmp_path: Path,
+) -> None:
+    settings = await pool_of(
+        tmp_path, {"one": "sk-test-limited-0123456789", "two": "sk-test-limited-9876543210"}
+    )
+    async with running_bridge(settings) as bridge:
+        status, headers, body = await chat(bridge, "hello")
+        assert status == 429
+        assert body["error"]["code"] == "usage_limit_reached"
+        assert 3000 <= _retry_after(headers) <= 3600
+
+
+async def test_pool_continues_a_stored_response_in_the_account_that_holds_its_thread(
+    tmp_path: Path,
+) -> None:
+    settings = await pool_of(tmp_path, {"a": "sk-test-a-0123456789", "b": "sk-test-b-0123456789"})
+    async with running_bridge(settings) as bridge, aiohttp.ClientSession() as http:
+        url = f"{bridge.base_url}/v1/responses"
+        # Account a serves the first turn and reports half its window used...
+        async with http.post(
+            url, json={"model": DEMO_MODEL_ID, "input": "[[rate_limits=50,0]] remember me"}
+        ) as resp:
+            first = await resp.json()
+        assert resp.status == 200, first
+        # ...so the continuation is offered to b first, whose Codex home lacks the thread.
+        async with http.post(
+            url,
+            json={
+                "model": DEMO_MODEL_ID,
+                "previous_response_id": first["id"],
+                "input": "[[echo_input]]",
+            },
+        ) as resp:
+            second = await resp.json()
+        assert resp.status == 200, second
+        assert "remember me" in second["output"][0]["content"][0]["text"]
+
+
+async def test_login_and_account_address_one_account_of_the_pool_by_name(tmp_path: Path) -> None:
+    pool = {"BRIDGE_CODEX_ACCOUNTS": f"main={tmp_path / 'main'},spare={tmp_path / 'spare'}"}
+    state = ["--state-dir", str(tmp_path / "state")]
+    code, _, err = await cli(
+        "login",
+        "--with-api-key",
+        "--account",
+        "spare",
+        *state,
+        stdin=b"sk-test-spare-0123456789",
+        env=pool,
+    )
+    assert code == 0, err
+    assert (tmp_path / "spare" / "auth.json").is_file()
+    assert not (tmp_path / "main" / "auth.json").exists()
+    code, out, err = await cli("account", "--json", "--account", "spare", *state, env=pool)
+    assert code == 0, err
+    assert orjson.loads(out)["type"] == "apiKey"
+    code, _, err = await cli("account", "--account", "nope", *state, env=pool)
+    assert code == 2
+    assert "no account 'nope'" in err
