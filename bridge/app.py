@@ -252,6 +252,7 @@ def worker_configs(
             health_interval_s=codex.health_interval_s,
             stop_grace_s=codex.stop_grace_s,
             max_queued_events=codex.max_queued_events,
+            prewarm_threads=codex.prewarm_threads,
             version=version("codex-bridge"),
             message_hook=message_hook,
             dialect=codex.dialect,

@@ -89,6 +89,7 @@ class CodexSettings(_Frozen):
     stop_grace_s: Annotated[float, Field(ge=0)] = 5.0
     max_parked_turns: Annotated[int, Field(ge=0)] = 64
     max_queued_events: Annotated[int, Field(ge=1024)] = 4096
+    prewarm_threads: Annotated[int, Field(ge=0, le=64)] = 2
     agent_view_image: bool = False
     agent_web_search: bool = False
     env_passthrough: tuple[str, ...] = ()
@@ -365,6 +366,12 @@ FIELDS: Final = (
         "max_queued_events",
         "BRIDGE_MAX_QUEUED_EVENTS",
         "Events one turn may buffer for a slow client before the turn is interrupted and the request fails.",
+    ),
+    FieldDoc(
+        "codex",
+        "prewarm_threads",
+        "BRIDGE_PREWARM_THREADS",
+        "Ephemeral threads each worker starts ahead of time, while it runs no turn, for the configurations in use (0: off).",
     ),
     FieldDoc(
         "codex",

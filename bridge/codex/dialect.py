@@ -22,6 +22,7 @@ from typing import Any, Final
 import structlog
 
 from bridge.codex import v1, v2
+from bridge.codex.prewarm import ThreadStock
 from bridge.codex.server_requests import ServerRequestPolicy
 from bridge.codex.turn import Turn, TurnRequest
 from bridge.worker.rpc import (
@@ -55,6 +56,9 @@ class CodexDriver:
             max_queued_events=config.max_queued_events,
         )
         self.name = config.dialect if config.dialect != "auto" else "v2"
+        self._starting = 0
+        self.stock = ThreadStock(config.prewarm_threads, config.rpc_timeout_s, busy=self._busy)
+        self._router.on_empty = self.stock.idle
 
     # -- WorkerDriver --------------------------------------------------------------------
     def capabilities(self) -> dict[str, Any]:
@@ -76,8 +80,12 @@ class CodexDriver:
         """Chooses the dialect for this process; raises RpcTimeout / ConnectionClosed."""
         if self._config.dialect != "auto":
             self.name = self._config.dialect
-            return
-        self.name = await self._detect(conn)
+        else:
+            self.name = await self._detect(conn)
+        if self.name == "v2":
+            self.stock.attach(conn)
+        else:
+            self.stock.reset()
 
     async def probe(self, conn: RpcConnection) -> None:
         """Does what a turn needs first; raises RpcTimeout, ConnectionClosed or RpcError."""
@@ -93,13 +101,27 @@ class CodexDriver:
         await conn.request("thread/unsubscribe", {"threadId": thread_id}, timeout=timeout)
 
     def connection_lost(self) -> None:
+        self.stock.reset()
         self._router.connection_lost()
 
     # -- turns -----------------------------------------------------------------------------
     async def start_turn(self, conn: RpcConnection, request: TurnRequest) -> Turn:
         if self.name == "v1":
             return await v1.start_turn(conn, self._router, request, self._settings)
-        return await v2.start_turn(conn, self._router, request, self._settings)
+        prewarmed = None
+        if v2.prewarmable(request):
+            prewarmed = self.stock.take(v2.thread_start_params(request, self._settings))
+        self._starting += 1
+        try:
+            return await v2.start_turn(
+                conn, self._router, request, self._settings, prewarmed=prewarmed
+            )
+        finally:
+            self._starting -= 1
+
+    def _busy(self) -> bool:
+        """A turn runs or starts: pre-warming waits, it never competes with requests."""
+        return self._starting > 0 or len(self._router) > 0
 
     # -- internals -------------------------------------------------------------------------
     def _probe_thread_params(self) -> dict[str, Any]:
