@@ -39,7 +39,13 @@ from bridge.catalog import CatalogEntry, ModelCatalog
 from bridge.codex.dialect import codex_driver
 from bridge.codex.selfcheck import check_worker_tools
 from bridge.codex.turn import TurnLimits
-from bridge.config import Settings, resolve_codex_bin, resolve_codex_home, resolve_workroot
+from bridge.config import (
+    Settings,
+    resolve_codex_bin,
+    resolve_codex_home,
+    resolve_workroot,
+    worker_count,
+)
 from bridge.demo import DEMO_MODEL_ID, DemoModel
 from bridge.ops import auth, usage
 from bridge.ops.admission import KEY_LIMITS, KeyLimits
@@ -257,7 +263,7 @@ def worker_configs(
             message_hook=message_hook,
             dialect=codex.dialect,
         )
-        for i in range(codex.workers)
+        for i in range(worker_count(settings))
     ]
 
 
