@@ -41,6 +41,14 @@ async def prewarming(tmp_path: Path) -> AsyncIterator[tuple[RunningBridge, Sent]
         yield bridge, sent
 
 
+def without_ids(body: dict[str, Any]) -> dict[str, Any]:
+    """A model request minus what is new for every thread and turn either way (ids, cache key)."""
+    per_thread = ("prompt_cache_key", "client_metadata", "input")
+    kept = {k: v for k, v in body.items() if k not in per_thread}
+    kept["input"] = [{k: v for k, v in item.items() if k != "id"} for item in body["input"]]
+    return kept
+
+
 def driver_of(bridge: RunningBridge) -> CodexDriver:
     driver = bridge.pool.workers[0].driver
     assert isinstance(driver, CodexDriver)
@@ -77,6 +85,10 @@ async def test_request_starts_its_turn_on_a_stocked_thread_when_the_worker_was_i
     assert methods[0] == "turn/start"
     assert stock.hits == 1
     assert second["choices"][0]["message"] == first["choices"][0]["message"]
+    # The model received the same request from the warm thread as from the cold one
+    # (bar the per-thread cache key, new for every thread either way).
+    cold, warm = (without_ids(body) for body in bridge.demo.requests[-2:])
+    assert warm == cold
     # The stocked threads were started with exactly the params the cold start sent.
     starts = [m["params"] for m in sent.requests[mark0:mark] if m["method"] == "thread/start"]
     assert len(starts) == 3
