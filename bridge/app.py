@@ -46,6 +46,7 @@ from bridge.config import (
     resolve_accounts,
     resolve_codex_bin,
     resolve_workroot,
+    worker_count,
 )
 from bridge.demo import DEMO_MODEL_ID, DemoModel
 from bridge.ops import auth, usage
@@ -252,8 +253,8 @@ def worker_configs(
     # In the state directory, never beside the Codex home: instances with sibling Codex
     # homes used to share it and wipe each other's worker cwd on start.
     workroot = private_dir(resolve_workroot(settings, env))
-    # `codex.workers` workers per account, each on its account's Codex home.
-    slots = [(name, home) for name, home in homes for _ in range(codex.workers)]
+    # `codex.workers` workers per account (0: one per two CPUs), each on its account's Codex home.
+    slots = [(name, home) for name, home in homes for _ in range(worker_count(settings))]
     return [
         WorkerConfig(
             argv=argv,
@@ -269,6 +270,7 @@ def worker_configs(
             health_interval_s=codex.health_interval_s,
             stop_grace_s=codex.stop_grace_s,
             max_queued_events=codex.max_queued_events,
+            prewarm_threads=codex.prewarm_threads,
             version=version("codex-bridge"),
             message_hook=message_hook,
             dialect=codex.dialect,

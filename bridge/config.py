@@ -77,7 +77,7 @@ class CodexSettings(_Frozen):
     config_overrides: tuple[str, ...] = ()
     models: tuple[ModelAlias, ...] = ()
     default_model: str | None = None
-    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    workers: Annotated[int, Field(ge=0, le=64)] = 0
     max_turns_per_worker: Annotated[int, Field(ge=1, le=256)] = 8
     queue_limit: Annotated[int, Field(ge=0)] = 64
     queue_timeout_s: Annotated[float, Field(gt=0)] = 30.0
@@ -94,6 +94,7 @@ class CodexSettings(_Frozen):
     stop_grace_s: Annotated[float, Field(ge=0)] = 5.0
     max_parked_turns: Annotated[int, Field(ge=0)] = 64
     max_queued_events: Annotated[int, Field(ge=1024)] = 4096
+    prewarm_threads: Annotated[int, Field(ge=0, le=64)] = 2
     agent_view_image: bool = False
     agent_web_search: bool = False
     env_passthrough: tuple[str, ...] = ()
@@ -299,7 +300,12 @@ FIELDS: Final = (
         "BRIDGE_DEFAULT_MODEL",
         "Codex model for served ids that name none; empty lets Codex choose.",
     ),
-    FieldDoc("codex", "workers", "BRIDGE_WORKERS", "Number of `codex app-server` processes."),
+    FieldDoc(
+        "codex",
+        "workers",
+        "BRIDGE_WORKERS",
+        "Number of `codex app-server` processes; 0: one per two CPUs, at least one (docs/benchmarks.md).",
+    ),
     FieldDoc(
         "codex",
         "max_turns_per_worker",
@@ -389,6 +395,12 @@ FIELDS: Final = (
         "max_queued_events",
         "BRIDGE_MAX_QUEUED_EVENTS",
         "Events one turn may buffer for a slow client before the turn is interrupted and the request fails.",
+    ),
+    FieldDoc(
+        "codex",
+        "prewarm_threads",
+        "BRIDGE_PREWARM_THREADS",
+        "Ephemeral threads each worker starts ahead of time, while it runs no turn, for the configurations in use (0: off).",
     ),
     FieldDoc(
         "codex",
@@ -634,6 +646,19 @@ def _describe(exc: ValidationError) -> str:
     where = f"{dotted} ({doc.env})" if doc else ".".join(loc)
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"invalid {where}: {message}; got {error.get('input')!r}"
+
+
+# One Codex process keeps about one and a half cores busy at saturation (a turn
+# is ~25 ms of worker CPU; docs/benchmarks.md), so `codex.workers = 0` runs one
+# per two CPUs.
+CPUS_PER_WORKER: Final = 2
+
+
+def worker_count(settings: Settings, cpus: int | None = None) -> int:
+    """`codex.workers`, or when 0 one worker per `CPUS_PER_WORKER` CPUs (at least one)."""
+    if settings.codex.workers:
+        return settings.codex.workers
+    return max(1, (cpus if cpus is not None else os.cpu_count() or 1) // CPUS_PER_WORKER)
 
 
 def resolve_codex_bin(settings: Settings) -> str:

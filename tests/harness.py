@@ -51,6 +51,8 @@ def bridge_test_settings(codex_home: Path, **overrides: Any) -> Settings:
         # Each bridge its own state directory (worker dirs, SQLite), beside its Codex home.
         "server.state_dir": str(codex_home.with_name(codex_home.name + "-state")),
         "server.port": 0,
+        # One worker whatever the CPU count (the default follows it): tests address workers[0].
+        "codex.workers": 1,
         # Short enough that hang tests finish quickly, long enough for a busy CI box.
         "codex.idle_timeout_s": 8.0,
         "codex.first_token_timeout_s": 30.0,

@@ -162,6 +162,10 @@ async def parity_bridge(dialect: str, home: Path) -> AsyncIterator[tuple[Running
         # The v2 health probe opens a thread (thread/start + unsubscribe): keep it
         # out of the transcripts by not probing during a scenario.
         "codex.health_interval_s": 3600.0,
+        # The transcripts pin each request's RPCs on the cold path; a background
+        # refill would interleave its thread/start. The warm path sends the same
+        # params and gives the same output (tests/integration/test_prewarm.py).
+        "codex.prewarm_threads": 0,
     }
     if dialect == "v1":
         overrides["codex.bin"] = str(LEGACY_CODEX)

@@ -28,6 +28,7 @@ import structlog
 
 from bridge.codex import v1, v2
 from bridge.codex.account import LOGIN_HINT, AccountState, CredentialsWatch
+from bridge.codex.prewarm import ThreadStock
 from bridge.codex.server_requests import ServerRequestPolicy
 from bridge.codex.turn import Turn, TurnRequest
 from bridge.errors import CodexNotSignedIn
@@ -71,6 +72,9 @@ class CodexDriver:
             account=self.account,
         )
         self.name = config.dialect if config.dialect != "auto" else "v2"
+        self._starting = 0
+        self.stock = ThreadStock(config.prewarm_threads, config.rpc_timeout_s, busy=self._busy)
+        self._router.on_empty = self.stock.idle
 
     # -- WorkerDriver --------------------------------------------------------------------
     def capabilities(self) -> dict[str, Any]:
@@ -102,6 +106,10 @@ class CodexDriver:
         # judged by its health probe, not failed here.
         with contextlib.suppress(RpcTimeout, ConnectionClosed):
             await self._read_account(conn)
+        if self.name == "v2":
+            self.stock.attach(conn)
+        else:
+            self.stock.reset()
 
     async def probe(self, conn: RpcConnection) -> None:
         """Does what a turn needs first; raises RpcTimeout, ConnectionClosed or RpcError."""
@@ -122,6 +130,7 @@ class CodexDriver:
         await self._read_account(conn)
 
     def connection_lost(self) -> None:
+        self.stock.reset()
         self._router.connection_lost()
 
     # -- turns -----------------------------------------------------------------------------
@@ -131,7 +140,20 @@ class CodexDriver:
             raise CodexNotSignedIn(NOT_SIGNED_IN_MESSAGE)
         if self.name == "v1":
             return await v1.start_turn(conn, self._router, request, self._settings)
-        return await v2.start_turn(conn, self._router, request, self._settings)
+        prewarmed = None
+        if v2.prewarmable(request):
+            prewarmed = self.stock.take(v2.thread_start_params(request, self._settings))
+        self._starting += 1
+        try:
+            return await v2.start_turn(
+                conn, self._router, request, self._settings, prewarmed=prewarmed
+            )
+        finally:
+            self._starting -= 1
+
+    def _busy(self) -> bool:
+        """A turn runs or starts: pre-warming waits, it never competes with requests."""
+        return self._starting > 0 or len(self._router) > 0
 
     # -- internals -------------------------------------------------------------------------
     async def _read_account(self, conn: RpcConnection) -> None:

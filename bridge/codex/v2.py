@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -121,16 +121,19 @@ class ThreadRouter:
     Called on the RPC reader task: every branch is O(1) and never blocks.
     """
 
-    __slots__ = ("_turns",)
+    __slots__ = ("_turns", "on_empty")
 
     def __init__(self) -> None:
         self._turns: dict[str, RoutedTurn] = {}
+        self.on_empty: Callable[[], None] | None = None
+        """Called when the last turn left: the worker runs none now."""
 
     def add(self, thread_id: str, turn: RoutedTurn) -> None:
         self._turns[thread_id] = turn
 
     def remove(self, thread_id: str) -> None:
-        self._turns.pop(thread_id, None)
+        if self._turns.pop(thread_id, None) is not None and not self._turns and self.on_empty:
+            self.on_empty()
 
     def get(self, thread_id: str) -> RoutedTurn | None:
         return self._turns.get(thread_id)
@@ -202,30 +205,29 @@ def history_items(request: TurnRequest) -> list[dict[str, Any]]:
     return items
 
 
+def prewarmable(request: TurnRequest) -> bool:
+    """Whether a stocked thread may run this request: a new ephemeral thread (`codex.prewarm`)."""
+    return not request.persist and request.continue_from is None
+
+
 async def start_turn(
-    conn: RpcConnection, router: ThreadRouter, request: TurnRequest, settings: ThreadSettings
+    conn: RpcConnection,
+    router: ThreadRouter,
+    request: TurnRequest,
+    settings: ThreadSettings,
+    *,
+    prewarmed: str | None = None,
 ) -> V2Turn:
-    """Open a thread, replay the history and start the turn. Raises BridgeError on failure."""
+    """Open a thread, replay the history and start the turn. Raises BridgeError on failure.
+
+    `prewarmed` is a thread started ahead of time with exactly the params
+    `thread_start_params` gives for this request (`bridge.codex.prewarm`).
+    """
     timeout = settings.rpc_timeout_s
-    params = thread_start_params(request, settings)
-    method = "thread/start"
-    if request.continue_from is not None:
-        # Each continuation forks the stored thread up to its turn, so two
-        # requests continuing the same response never share a thread.
-        method = "thread/fork"
-        params["threadId"], params["lastTurnId"] = request.continue_from
-        params["excludeTurns"] = True
-    try:
-        started = await conn.request(method, params, timeout=timeout)
-        thread_id = str(started["thread"]["id"])
-    except START_ERRORS as exc:
-        # Overload is backpressure (retried by the pool), not a lost conversation.
-        if method == "thread/fork" and type(exc) is RpcError:
-            raise NotFound(
-                "The stored conversation of previous_response_id can no longer be continued.",
-                param="previous_response_id",
-            ) from exc
-        raise start_error(exc, method) from exc
+    if prewarmed is not None:
+        thread_id = prewarmed
+    else:
+        thread_id = await _open_thread(conn, request, settings)
 
     turn = V2Turn(conn, router, thread_id, settings, request)
     router.add(thread_id, turn)
@@ -255,6 +257,28 @@ async def start_turn(
             raise start_error(exc, "turn/start") from exc
         raise
     return turn
+
+
+async def _open_thread(conn: RpcConnection, request: TurnRequest, settings: ThreadSettings) -> str:
+    params = thread_start_params(request, settings)
+    method = "thread/start"
+    if request.continue_from is not None:
+        # Each continuation forks the stored thread up to its turn, so two
+        # requests continuing the same response never share a thread.
+        method = "thread/fork"
+        params["threadId"], params["lastTurnId"] = request.continue_from
+        params["excludeTurns"] = True
+    try:
+        started = await conn.request(method, params, timeout=settings.rpc_timeout_s)
+        return str(started["thread"]["id"])
+    except START_ERRORS as exc:
+        # Overload is backpressure (retried by the pool), not a lost conversation.
+        if method == "thread/fork" and type(exc) is RpcError:
+            raise NotFound(
+                "The stored conversation of previous_response_id can no longer be continued.",
+                param="previous_response_id",
+            ) from exc
+        raise start_error(exc, method) from exc
 
 
 def _usage_of(breakdown: Mapping[str, Any]) -> Usage:

@@ -86,6 +86,8 @@ class WorkerConfig:
     stop_grace_s: float
     max_queued_events: int = 4096
     """Events one turn may buffer unread (`codex.max_queued_events`); read by the driver."""
+    prewarm_threads: int = 0
+    """Started threads a worker keeps in stock (`codex.prewarm_threads`); read by the driver."""
     version: str = "0"
     dialect: str = "auto"
     """"v2", "v1", or "auto": v2 when the worker accepts thread/start, else v1."""
