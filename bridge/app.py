@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import AsyncIterator, Mapping
 from importlib.metadata import version
@@ -26,6 +27,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from bridge.api import chat, completions, health, models, responses, stored_responses
 from bridge.api.cors import CORS, CorsPolicy, add_cors_headers, cors_middleware
 from bridge.api.errors import error_middleware
+from bridge.api.images import IMAGE_FETCHES, RemoteFetches
 from bridge.api.middleware import (
     BODY_READS,
     METRICS,
@@ -35,6 +37,7 @@ from bridge.api.middleware import (
     request_context_middleware,
 )
 from bridge.api.pending import PENDING, PendingToolCalls
+from bridge.api.turns import TURNS, TurnRegistry
 from bridge.appkeys import ACCOUNT, ACCOUNTS, CATALOG, LIMITS, POOL, SETTINGS, STORE
 from bridge.catalog import CatalogEntry, ModelCatalog
 from bridge.codex.account import AccountState, account_rank
@@ -111,6 +114,9 @@ def make_app(
     app[BODY_READS] = BodyReads(
         settings.server.max_concurrent_body_reads, wait_s=settings.codex.queue_timeout_s
     )
+    app[IMAGE_FETCHES] = RemoteFetches(
+        settings.images.max_concurrent_fetches, wait_s=settings.codex.queue_timeout_s
+    )
     app[LIMITS] = TurnLimits(
         first_token_s=settings.codex.first_token_timeout_s,
         idle_s=settings.codex.idle_timeout_s,
@@ -122,6 +128,7 @@ def make_app(
     app[KEY_LIMITS] = KeyLimits()
     pending = PendingToolCalls(settings.codex.tool_call_timeout_s, settings.codex.max_parked_turns)
     app[PENDING] = pending
+    app[TURNS] = TurnRegistry()
     app[METRICS].parked_turns.set_function(lambda: len(pending))
     app[ACCOUNTS] = {name: AccountState() for name, _ in resolve_accounts(settings, env)}
     # The first account: with no `codex.accounts`, the only one.
@@ -185,7 +192,11 @@ async def _state_ctx(app: web.Application, env: Mapping[str, str]) -> AsyncItera
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = SqliteResponseStore(app[STATE].store_path, ttl_s=settings.store.ttl_days * 24 * 3600)
+    store = SqliteResponseStore(
+        app[STATE].store_path,
+        ttl_s=settings.store.ttl_days * 24 * 3600,
+        on_error=functools.partial(app[METRICS].store_error, "responses"),
+    )
     app[STORE] = store
     yield
     await store.close()
@@ -209,7 +220,9 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:
-    ledger = usage.UsageLedger(app[STATE].store_path)
+    ledger = usage.UsageLedger(
+        app[STATE].store_path, on_error=functools.partial(app[METRICS].store_error, "usage")
+    )
     ledger.start()
     app[usage.USAGE] = ledger
     yield
@@ -271,6 +284,9 @@ def worker_configs(
             stop_grace_s=codex.stop_grace_s,
             max_queued_events=codex.max_queued_events,
             prewarm_threads=codex.prewarm_threads,
+            max_turns=codex.worker_max_turns,
+            max_rss_mb=codex.worker_max_rss_mb,
+            drain_timeout_s=codex.request_deadline_s,
             version=version("codex-bridge"),
             message_hook=message_hook,
             dialect=codex.dialect,

@@ -92,6 +92,8 @@ class CodexSettings(_Frozen):
     healthy_reset_s: Annotated[float, Field(gt=0)] = 60.0
     health_interval_s: Annotated[float, Field(gt=0)] = 30.0
     stop_grace_s: Annotated[float, Field(ge=0)] = 5.0
+    worker_max_rss_mb: Annotated[int, Field(ge=0)] = 1536
+    worker_max_turns: Annotated[int, Field(ge=0)] = 0
     max_parked_turns: Annotated[int, Field(ge=0)] = 64
     max_queued_events: Annotated[int, Field(ge=1024)] = 4096
     prewarm_threads: Annotated[int, Field(ge=0, le=64)] = 2
@@ -153,6 +155,8 @@ class StoreSettings(_Frozen):
 class ImageSettings(_Frozen):
     max_per_request: Annotated[int, Field(ge=0)] = 16
     max_bytes: Annotated[int, Field(ge=1024)] = 20 * MiB
+    max_total_bytes: Annotated[int, Field(ge=1024)] = 40 * MiB
+    max_concurrent_fetches: Annotated[int, Field(ge=1)] = 8
     max_pixels: Annotated[int, Field(ge=1)] = 25_000_000
     fetch_remote: bool = True
     fetch_timeout_s: Annotated[float, Field(gt=0)] = 10.0
@@ -386,6 +390,18 @@ FIELDS: Final = (
     ),
     FieldDoc(
         "codex",
+        "worker_max_rss_mb",
+        "BRIDGE_WORKER_MAX_RSS_MB",
+        "A worker whose resident memory passes this many MiB takes no new turns, lets its running ones finish and restarts (Codex keeps every thread in memory); 0 = no bound.",
+    ),
+    FieldDoc(
+        "codex",
+        "worker_max_turns",
+        "BRIDGE_WORKER_MAX_TURNS",
+        "A worker that has started this many turns is recycled the same way; 0 = no bound.",
+    ),
+    FieldDoc(
+        "codex",
         "max_parked_turns",
         "BRIDGE_MAX_PARKED_TURNS",
         "Turns that may wait for clients' tool results at once (they hold no turn slot); beyond it the oldest is released.",
@@ -499,6 +515,19 @@ FIELDS: Final = (
         "max_bytes",
         "BRIDGE_IMAGES_MAX_BYTES",
         "Largest image (decoded `data:` URL or fetched body).",
+    ),
+    FieldDoc(
+        "images",
+        "max_total_bytes",
+        "BRIDGE_IMAGES_MAX_TOTAL_BYTES",
+        "Bytes one request's remote images may total; more get 400.",
+    ),
+    FieldDoc(
+        "images",
+        "max_concurrent_fetches",
+        "BRIDGE_IMAGES_MAX_CONCURRENT_FETCHES",
+        "Remote image fetches running at once, bridge-wide (each reads at most "
+        "`images.max_bytes`); one more waits up to `codex.queue_timeout_s`, then 503.",
     ),
     FieldDoc(
         "images",

@@ -160,6 +160,12 @@ class ServiceUnavailable(BridgeError):
     default_code = "worker_unavailable"
 
 
+class StoreUnavailable(ServiceUnavailable):
+    """The response store cannot be read or written now (disk full, read-only, I/O error)."""
+
+    default_code = "store_unavailable"
+
+
 class WorkerOverloaded(ServiceUnavailable):
     """Codex (or its model provider) refused work for now: backpressure, always with Retry-After."""
 

@@ -11,6 +11,7 @@ it never stops the loop. Knows the store, the pool and metrics; no HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -19,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from bridge.codex.threads import delete_threads
+from bridge.errors import StoreUnavailable
 from bridge.ops.metrics import Metrics
 from bridge.store import ResponseStore
 from bridge.worker.pool import WorkerPool
@@ -42,7 +44,8 @@ class Retention:
         self._interval_s = interval_s
 
     async def run(self) -> None:
-        self._metrics.stored_responses.set(await self._store.count())
+        with contextlib.suppress(StoreUnavailable):  # logged and counted by the store
+            self._metrics.stored_responses.set(await self._store.count())
         while True:
             await asyncio.sleep(self._interval_s)
             try:

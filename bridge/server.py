@@ -1,9 +1,11 @@
 """Runs the daemon: binds the listener, waits for signals, drains, and stops in order.
 
 Shutdown sequence on SIGTERM/SIGINT: stop admitting (and `/readyz` turns 503
-so Traefik drains), let in-flight turns finish up to the drain deadline, then
-let aiohttp cancel what is left (each handler interrupts its turn on the way
-out) and stop the workers. Knows process lifecycle; no request logic.
+so Traefik drains; queued requests get 503 `shutting_down`), let in-flight
+turns finish up to the drain deadline, then end the turns still running
+with a terminal error (`shutting_down`: a 503 envelope, or an SSE `error`
+event and `[DONE]`), so no response is cut mid-way; after a short grace
+aiohttp cancels whatever is left, and the workers stop. Knows process lifecycle; no request logic.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Final
 import structlog
 from aiohttp import web
 
+from bridge.api.turns import TURNS
 from bridge.app import make_app
 from bridge.appkeys import ACCOUNTS, POOL
 from bridge.codex.account import AccountState
@@ -52,7 +55,12 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
 
     notifier = SystemdNotifier()
-    app = make_app(settings)
+    try:
+        app = make_app(settings)
+    except ConfigError as exc:
+        # E.g. two API keys under one name: exit 2 (config), not a restart loop.
+        log.error("refusing to start", reason=str(exc))
+        return 2
     host = settings.server.host
     if not listener_allowed(settings, keys_configured=app[AUTH].enabled):
         return 2
@@ -102,6 +110,10 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
         notifier.stopping()
         pool.closing = True
         await _drain(pool, settings.server.shutdown_timeout_s)
+        turns = app[TURNS]
+        if len(turns):
+            log.warning("drain deadline passed; ending running turns", turns=turns.abort_all())
+            await turns.wait_empty(CANCEL_GRACE_S)
         for task in (watchdog, ready):
             task.cancel()
         await runner.cleanup()

@@ -12,6 +12,12 @@ from one that does not exist. Rows written before owners existed (owner
 NULL) are visible to the anonymous owner only: a bridge without keys is one
 tenant, and a bridge with keys cannot know which key wrote them.
 
+A database that fails (read-only, full, I/O error) is logged and reported
+through `on_error(op)` (the `codex_bridge_store_errors` metric) and raised
+as `StoreUnavailable` (503): a response that cannot be stored is still
+answered (`bridge.api.stored_responses`), a lookup that cannot be made is
+not mistaken for "not found".
+
 Knows records; knows no HTTP and no Codex protocol.
 """
 
@@ -19,13 +25,23 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import orjson
+import structlog
 
+from bridge.errors import StoreUnavailable
 from bridge.sqlite import SqliteThread
+
+log = structlog.get_logger("bridge.store")
+
+T = TypeVar("T")
+
+# Seconds a client waits before retrying a request the store failed.
+STORE_RETRY_AFTER_S: Final = 5
 
 # Stored responses are kept this long (OpenAI keeps them 30 days).
 DEFAULT_TTL_S: Final = 30 * 24 * 3600
@@ -165,10 +181,29 @@ def _record(row: tuple[Any, ...]) -> StoredResponse:
 class SqliteResponseStore:
     """SQLite in WAL mode, on its own thread so the event loop never blocks."""
 
-    def __init__(self, path: Path, ttl_s: float = DEFAULT_TTL_S) -> None:
+    def __init__(
+        self,
+        path: Path,
+        ttl_s: float = DEFAULT_TTL_S,
+        *,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
         _migrate(path)
         self._db = SqliteThread(path, _SCHEMA)
         self._ttl_s = ttl_s
+        self._on_error = on_error
+
+    async def _run(self, op: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await self._db.run(work)
+        except sqlite3.Error as exc:
+            log.error("response store failed", op=op, error=repr(exc))
+            if self._on_error is not None:
+                self._on_error(op)
+            raise StoreUnavailable(
+                "The response store is unavailable; retry shortly.",
+                retry_after=STORE_RETRY_AFTER_S,
+            ) from exc
 
     async def put(self, record: StoredResponse) -> None:
         row = (
@@ -180,19 +215,21 @@ class SqliteResponseStore:
             record.owner,
             orjson.dumps(record.input_items),
         )
-        await self._db.run(
+        await self._run(
+            "put",
             lambda db: db.execute(
                 f"INSERT OR REPLACE INTO responses ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row
-            )
+            ),
         )
 
     async def get(self, response_id: str, owner: str) -> StoredResponse | None:
         since = time.time() - self._ttl_s
-        rows = await self._db.run(
+        rows = await self._run(
+            "get",
             lambda db: db.execute(
                 f"SELECT {_COLUMNS} FROM responses WHERE id = ? AND created_at > ?",
                 (response_id, since),
-            ).fetchall()
+            ).fetchall(),
         )
         if not rows or not visible_to(rows[0][5], owner):
             return None
@@ -201,16 +238,18 @@ class SqliteResponseStore:
     async def delete(self, response_id: str, owner: str) -> StoredResponse | None:
         record = await self.get(response_id, owner)
         if record is not None:
-            await self._db.run(
-                lambda db: db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
+            await self._run(
+                "delete",
+                lambda db: db.execute("DELETE FROM responses WHERE id = ?", (response_id,)),
             )
         return record
 
     async def thread_in_use(self, thread_id: str) -> bool:
-        rows = await self._db.run(
+        rows = await self._run(
+            "thread_in_use",
             lambda db: db.execute(
                 "SELECT 1 FROM responses WHERE thread_id = ? LIMIT 1", (thread_id,)
-            ).fetchall()
+            ).fetchall(),
         )
         return bool(rows)
 
@@ -245,11 +284,11 @@ class SqliteResponseStore:
                 raise
             return removed, orphans
 
-        return await self._db.run(work)
+        return await self._run("purge", work)
 
     async def count(self) -> int:
-        rows = await self._db.run(
-            lambda db: db.execute("SELECT COUNT(*) FROM responses").fetchall()
+        rows = await self._run(
+            "count", lambda db: db.execute("SELECT COUNT(*) FROM responses").fetchall()
         )
         return int(rows[0][0])
 

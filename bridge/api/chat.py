@@ -30,6 +30,7 @@ from bridge.api.conversation import (
 from bridge.api.drive import drive
 from bridge.api.fanout import open_sessions
 from bridge.api.forced import ToolChoice, ToolPlan, plan_tools
+from bridge.api.images import IMAGE_FETCHES
 from bridge.api.limits import OutputLimiter, stop_sequences
 from bridge.api.middleware import ACCESS
 from bridge.api.pending import PENDING, PendingToolCalls, owner_of
@@ -297,11 +298,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     _check_supported(req)
     plan = plan_of(req)
     reasoning = app[SETTINGS].server.reasoning_content
-    # Images are measured (and remote ones fetched) before any worker sees them.
-    conversation = await with_checked_images(
-        conversation_of(req), app[SETTINGS].images, param="messages"
-    )
-    turn_request = to_turn_request(req, entry, plan, conversation, reasoning=reasoning)
+    items = conversation_of(req)
     n = req.n or 1
     max_tokens = req.max_completion_tokens or req.max_tokens
     # Stop sequences apply to reply text; a forced call has none.
@@ -309,12 +306,15 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     ignored = req.ignored_params()
     if any(getattr(m, "name", None) for m in req.messages if m.role != "function"):
         ignored.append("messages[].name")  # Codex has no participant names
-    headers = ignored_params_headers(ignored)
+    headers = ignored_params_headers(ignored, request)
     request[ACCESS].model = req.model
     stream = bool(req.stream)
     legacy = req.functions is not None and req.tools is None
     pending = app[PENDING]
-    outputs = trailing_tool_outputs(conversation_of(req))
+    outputs = trailing_tool_outputs(items)
+    # Claimed first: an adopted turn goes on from its own thread, so this
+    # request's history (and its images) never reach Codex and are not
+    # checked or fetched. Nothing between the claim and the adoption raises.
     parked = pending.claim(outputs, owner_of(request, "chat")) if outputs else None
     if parked is not None:
         # The same Codex turn goes on: answer its tool calls, stream the rest.
@@ -323,6 +323,11 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         scope = parked.adopted(request, endpoint="chat", stream=stream)
         sessions_cm: Any = single_session(scope)
     else:
+        # Images are measured (and remote ones fetched) before any worker sees them.
+        conversation = await with_checked_images(
+            items, app[SETTINGS].images, param="messages", fetches=app[IMAGE_FETCHES]
+        )
+        turn_request = to_turn_request(req, entry, plan, conversation, reasoning=reasoning)
         # Admission and turn start happen before any byte is sent, so their
         # errors are plain JSON with a real status (error middleware).
         sessions_cm = open_sessions(request, [turn_request] * n, endpoint="chat", stream=stream)

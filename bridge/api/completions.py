@@ -151,7 +151,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     ]
     limiters = limiters_for(req.stop, req.max_tokens, len(prompts))
     ignored = req.ignored_params()
-    headers = ignored_params_headers(ignored)
+    headers = ignored_params_headers(ignored, request)
     request[ACCESS].model = req.model
     base: dict[str, Any] = {
         "id": "cmpl-" + secrets.token_hex(12),

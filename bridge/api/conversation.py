@@ -19,7 +19,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from bridge.api.images import checked_data_url, fetch_image
+from bridge.api.images import (
+    MAX_FETCHES_PER_REQUEST,
+    ByteBudget,
+    RemoteFetches,
+    checked_data_url,
+    fetch_image,
+)
 from bridge.codex.turn import (
     HistoryItem,
     HistoryMessage,
@@ -75,12 +81,19 @@ Item = Said | HistoryToolCall | HistoryToolOutput
 
 
 async def with_checked_images(
-    items: Sequence[Item], settings: ImageSettings, *, param: str
+    items: Sequence[Item],
+    settings: ImageSettings,
+    *,
+    param: str,
+    fetches: RemoteFetches | None,
 ) -> list[Item]:
     """The conversation with every image checked: count, then each image's bytes.
 
-    `data:` URLs are measured; `http(s)` URLs are fetched (concurrently) and
-    become `data:` URLs. The first failure is the request's 400.
+    `data:` URLs are measured; `http(s)` URLs are fetched and become `data:`
+    URLs: up to MAX_FETCHES_PER_REQUEST at once, each in one of the
+    bridge-wide `fetches` slots, all of them within one `images.max_total_bytes`
+    budget. The first failure is the request's 400 (or 503 when no fetch
+    slot frees up in time).
     """
     refs = [ref for item in items if isinstance(item, Said) for ref in item.images]
     if not refs:
@@ -92,6 +105,13 @@ async def with_checked_images(
             param=param,
             code="too_many_images",
         )
+    budget = ByteBudget(settings.max_total_bytes)
+    per_request = asyncio.Semaphore(MAX_FETCHES_PER_REQUEST)
+
+    async def fetch(ref: ImageRef) -> str:
+        async with per_request:
+            return await fetch_image(ref.url, ref.param, settings, fetches=fetches, budget=budget)
+
     tasks: list[asyncio.Task[str]] = []
     try:
         async with asyncio.TaskGroup() as group:
@@ -99,7 +119,7 @@ async def with_checked_images(
                 check = (
                     checked_data_url(ref.url, ref.param, settings)
                     if ref.url[:5].lower() == "data:"
-                    else fetch_image(ref.url, ref.param, settings)
+                    else fetch(ref)
                 )
                 tasks.append(group.create_task(check))
     except BaseExceptionGroup as group_error:

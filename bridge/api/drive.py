@@ -12,6 +12,7 @@ The first failed choice ends the whole request with its error.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from typing import Final, Protocol
@@ -56,59 +57,65 @@ async def drive(
     waiting: dict[int, list[ToolCall]] = {}
     held: dict[int, list[str]] = {}
     open_choices = len(sessions)
-    async for index, event in merged_events(sessions, keepalive_s=keepalive_s):
-        if event is None:
-            await sink.keepalive()
-            continue
-        limiter = limiters[index]
-        if isinstance(event, TextDelta):
-            if index in stopped:
+    # Closed on the way out (a failed choice raises here), so its per-choice
+    # readers stop before the sessions clean up: a reader still running
+    # would swallow the final event each cleanup waits for.
+    async with contextlib.aclosing(merged_events(sessions, keepalive_s=keepalive_s)) as events:
+        async for index, event in events:
+            if event is None:
+                await sink.keepalive()
                 continue
-            if forced is not None:
-                held.setdefault(index, []).append(event.text)
-                if limiter.active and limiter.feed(event.text)[1] is not None:
-                    stopped[index] = "length"
+            limiter = limiters[index]
+            if isinstance(event, TextDelta):
+                if index in stopped:
+                    continue
+                if forced is not None:
+                    held.setdefault(index, []).append(event.text)
+                    if limiter.active and limiter.feed(event.text)[1] is not None:
+                        stopped[index] = "length"
+                        await sessions[index].interrupt()
+                    continue
+                if not limiter.active:
+                    await sink.text(index, event.text)
+                    continue
+                text, reason = limiter.feed(event.text)
+                if text:
+                    await sink.text(index, text)
+                if reason is not None:
+                    stopped[index] = reason
                     await sessions[index].interrupt()
-                continue
-            if not limiter.active:
-                await sink.text(index, event.text)
-                continue
-            text, reason = limiter.feed(event.text)
-            if text:
-                await sink.text(index, text)
-            if reason is not None:
-                stopped[index] = reason
-                await sessions[index].interrupt()
-        elif isinstance(event, ReasoningDelta):
-            await sink.reasoning(index, event)
-        elif isinstance(event, Finished):
-            usage = event.usage
-            reason = stopped.pop(index, None)
-            if reason is not None:
-                # The bridge cut the reply: count what the client received,
-                # whatever Codex counted for the model call it interrupted.
-                usage = dataclasses.replace(usage, output_tokens=limiter.tokens, reasoning_tokens=0)
-            elif forced is not None and event.reason == "stop":
-                call = forced.to_call("".join(held.pop(index, [])), usage)
-                await sink.tool_call(index, call)
-                reason = "tool_calls"
-            else:
-                tail = limiter.flush()
-                if tail and forced is None:
-                    await sink.text(index, tail)
-                reason = FINISH_REASONS[event.reason]
-            await sink.finish(index, reason, usage)
-            open_choices -= 1
-        elif isinstance(event, ToolCall):
-            # Codex asks for one client tool at a time and blocks until it is
-            # answered, so this response ends here (at most one call per
-            # response: parallel_tool_calls=false holds); the turn stays parked.
-            waiting.setdefault(index, []).append(event)
-            await sink.tool_call(index, event)
-            await sink.finish(index, "tool_calls", event.usage)
-            open_choices -= 1
-        elif isinstance(event, Failed):
-            raise event.error
-        if open_choices == 0:
-            break
+            elif isinstance(event, ReasoningDelta):
+                await sink.reasoning(index, event)
+            elif isinstance(event, Finished):
+                usage = event.usage
+                reason = stopped.pop(index, None)
+                if reason is not None:
+                    # The bridge cut the reply: count what the client received,
+                    # whatever Codex counted for the model call it interrupted.
+                    usage = dataclasses.replace(
+                        usage, output_tokens=limiter.tokens, reasoning_tokens=0
+                    )
+                elif forced is not None and event.reason == "stop":
+                    call = forced.to_call("".join(held.pop(index, [])), usage)
+                    await sink.tool_call(index, call)
+                    reason = "tool_calls"
+                else:
+                    tail = limiter.flush()
+                    if tail and forced is None:
+                        await sink.text(index, tail)
+                    reason = FINISH_REASONS[event.reason]
+                await sink.finish(index, reason, usage)
+                open_choices -= 1
+            elif isinstance(event, ToolCall):
+                # Codex asks for one client tool at a time and blocks until it is
+                # answered, so this response ends here (at most one call per
+                # response: parallel_tool_calls=false holds); the turn stays parked.
+                waiting.setdefault(index, []).append(event)
+                await sink.tool_call(index, event)
+                await sink.finish(index, "tool_calls", event.usage)
+                open_choices -= 1
+            elif isinstance(event, Failed):
+                raise event.error
+            if open_choices == 0:
+                break
     return waiting

@@ -14,6 +14,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from bridge.api.validation import IGNORED_HEADERS
 from bridge.errors import (
     BridgeError,
     InvalidRequest,
@@ -54,7 +55,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         response: web.StreamResponse = await handler(request)
         return response
     except BridgeError as exc:
-        return error_response(exc)
+        response = error_response(exc)
+        # What the request's parameters left unused holds for its error answer too.
+        response.headers.update(request.get(IGNORED_HEADERS, {}))
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -3,26 +3,29 @@
 `open_sessions` refuses (400) a count that the pool or the caller's key can
 never run at once, then admits every turn (key slot and worker slot) before
 it starts any, so no billed turn runs while the others still wait, and
-admission errors are plain HTTP errors before the first byte. Admission is
-one slot after another: two fan-outs that together want more than is free
-may both wait, but nothing runs until each has all it needs, and the queue
-timeout bounds the wait (429). `merged_events` then yields `(choice index,
-event)` pairs as they come, with `None` events as keepalive ticks. A
-deadline in one choice becomes that choice's `Failed` event. With one
-session it is a straight loop, no tasks.
+admission errors are plain HTTP errors before the first byte. The key slots
+and then the worker slots are each taken in one step, all or none
+(`KeyLimits.hold(count=n)`, `WorkerPool.take_slots`), so a fan-out never
+holds some slots while it waits for the rest, and one within the
+advertised capacity is admitted at once on an idle pool, whatever the
+workers' adaptive limits. The queue timeout bounds any wait (429).
+`merged_events` then yields `(choice index, event)` pairs as they come,
+with `None` events as keepalive ticks. A deadline in one choice becomes
+that choice's `Failed` event. With one session it is a straight loop, no
+tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Final
 
 from aiohttp import web
 
-from bridge.api.turns import TurnSession
+from bridge.api.turns import TurnSession, key_slots
 from bridge.appkeys import POOL
 from bridge.codex.events import Failed, Finished, TurnEvent, Usage
 from bridge.codex.turn import TurnRequest
@@ -79,7 +82,15 @@ async def open_sessions(
                 # never started) still gives its slots back; a no-op once
                 # the session itself owns a running turn.
                 stack.push_async_callback(session.release_admission)
-                await session.admit()
+            # Key slots, then worker slots, each all at once: none held while waiting.
+            await stack.enter_async_context(key_slots(request, len(sessions)))
+            pool = request.app[POOL]
+            leases = await pool.take_slots(len(sessions))
+            for lease in leases:
+                # Idempotent: a session that took its lease over frees it itself.
+                stack.callback(pool.give_back, lease)
+            for session, lease in zip(sessions, leases, strict=True):
+                await session.admit(lease)
         for session in sessions:
             await stack.enter_async_context(session)
         yield sessions
@@ -87,7 +98,7 @@ async def open_sessions(
 
 async def merged_events(
     sessions: Sequence[TurnSession], *, keepalive_s: float | None = None
-) -> AsyncIterator[tuple[int, TurnEvent | None]]:
+) -> AsyncGenerator[tuple[int, TurnEvent | None], None]:
     if len(sessions) == 1:
         session = sessions[0]
         while True:

@@ -16,6 +16,14 @@ connection goes to exactly the addresses that were checked (the resolver
 that checks them is the one aiohttp connects with), so a second DNS answer
 cannot point it elsewhere. Codex receives the bytes as a `data:` URL.
 
+Fetches happen before a request is admitted (no key cap or worker slot is
+held yet), so they have bounds of their own: at most
+`images.max_concurrent_fetches` run at once bridge-wide (`RemoteFetches`;
+each reads at most `images.max_bytes`, so that also bounds the bytes in
+flight), one more waits up to `codex.queue_timeout_s` and is then a 503
+with Retry-After; and one request's remote images together may total at
+most `images.max_total_bytes` (`ByteBudget`).
+
 Knows HTTP fetching, image headers and the image settings; no OpenAI shapes
 beyond the error codes, no Codex.
 """
@@ -25,19 +33,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import ipaddress
 import socket
 import struct
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
 import aiohttp
+import structlog
+from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from bridge.config import ImageSettings
-from bridge.errors import InvalidRequest
+from bridge.errors import InvalidRequest, ServiceUnavailable
+
+log = structlog.get_logger("bridge.images")
 
 # Redirects followed per fetch; each hop's host is checked again.
 MAX_REDIRECTS: Final = 3
@@ -45,6 +59,11 @@ MAX_REDIRECTS: Final = 3
 FETCH_CHUNK_BYTES: Final = 64 * 1024
 # Base64 payloads larger than this are decoded off the event loop.
 INLINE_DECODE_BYTES: Final = 1024 * 1024
+# Remote images of one request fetched at once, so one request cannot take
+# every bridge-wide fetch slot.
+MAX_FETCHES_PER_REQUEST: Final = 4
+# Fetch slots free up as fetches end (each within images.fetch_timeout_s).
+FETCH_RETRY_AFTER_S: Final = 2.0
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -56,8 +75,19 @@ METADATA_ADDRESSES: Final = frozenset(
     ipaddress.ip_address(a)
     for a in ("169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200")
 )
-# RFC 6052 NAT64 well-known prefix: an IPv4 address inside an IPv6 one.
-_NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
+# IPv6 ranges whose last 32 bits are an IPv4 address: RFC 6052 NAT64
+# well-known prefix, IPv4-compatible (RFC 4291, deprecated) and
+# IPv4-translated (RFC 2765). Mapped, 6to4 and Teredo are unwrapped by
+# `ipaddress` itself.
+_LOW_32_IPV4_CARRIERS: Final = tuple(
+    ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::/96", "::ffff:0:0:0/96")
+)
+# Refused outright unless their exact address is allowed: deprecated or
+# rare forms no public image host uses, and RFC 8215 local-use NAT64, where
+# the network chooses where the IPv4 address sits.
+_OPAQUE_IPV4_CARRIERS: Final = tuple(
+    ipaddress.ip_network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b:1::/48")
+)
 
 _PNG: Final = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (SOF0..SOF15 minus DHT, JPG and DAC).
@@ -228,7 +258,16 @@ def to_data_url(data: bytes, info: ImageInfo) -> str:
 
 # -- remote images -------------------------------------------------------------------------
 class FetchPolicy:
-    """Which addresses a fetch may connect to: public ones, and what the operator allows."""
+    """Which addresses a fetch may connect to: public ones, and what the operator allows.
+
+    An IPv6 address that carries an IPv4 one (mapped, compatible, translated,
+    NAT64, 6to4, Teredo) is judged by the IPv4 address inside: every check,
+    the allow-list's and the metadata rule included, runs on it (only an
+    exact allowed address may also name the outer form). The forms
+    that are deprecated or whose IPv4 position is the network's own choice
+    (`::/96`, `::ffff:0:0:0/96`, `64:ff9b:1::/48`) are refused outright
+    unless their exact address is allowed.
+    """
 
     def __init__(self, allow: tuple[str, ...]) -> None:
         self._hosts: set[str] = set()
@@ -242,39 +281,75 @@ class FetchPolicy:
     def host_allowed(self, host: str) -> bool:
         return host.lower().rstrip(".") in self._hosts
 
-    def refusal(self, host: str, address: IPAddress) -> str | None:
-        """Why `host` at `address` must not be fetched, or None."""
+    def _exactly_allowed(self, *addresses: IPAddress) -> bool:
+        return any(
+            net.num_addresses == 1 and address in net
+            for net in self._networks
+            for address in addresses
+        )
+
+    def verdict(self, host: str, address: IPAddress) -> str | None:
+        """Why `host` at `address` must not be fetched (for the log, never the client), or None."""
         if self.host_allowed(host):
             return None
-        if address in METADATA_ADDRESSES:
-            # Only an exact entry unlocks a metadata service, not a wide CIDR.
-            allowed = any(net.num_addresses == 1 and address in net for net in self._networks)
-        else:
-            allowed = any(address in net for net in self._networks)
-        if allowed:
-            return None
-        # An IPv4 address carried inside an IPv6 one is judged as itself.
         inner = _embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
-        why = (_non_public(inner) if inner is not None else None) or _non_public(address)
+        subject: IPAddress = inner if inner is not None else address
+        if self._exactly_allowed(address, subject):
+            return None
+        if address.version == 6 and any(address in net for net in _OPAQUE_IPV4_CARRIERS):
+            if address.is_loopback or address.is_unspecified:
+                return _non_public(address)
+            return "an IPv6 form carrying an IPv4 address (IPv4-compatible, -translated or NAT64)"
+        if subject in METADATA_ADDRESSES:
+            # Only an exact entry unlocks a metadata service, not a wide CIDR.
+            return _non_public(subject)
+        # Networks are matched against the address actually reached: an
+        # allowed IPv6 range never unlocks the IPv4 addresses it can carry.
+        if any(subject in net for net in self._networks):
+            return None
+        return _non_public(subject)
+
+    def refusal(self, host: str, address: IPAddress) -> str | None:
+        """What the client is told when `host` at `address` must not be fetched, or None.
+
+        A literal address is the client's own: it hears why. A host name's
+        addresses are the operator's network layout: the client hears only
+        that it is not public; the address and reason go to the log.
+        """
+        why = self.verdict(host, address)
         if why is None:
             return None
-        where = (
-            str(address) if host.strip("[]") == str(address) else f"{host} resolves to {address}"
-        )
+        bare = host.strip("[]")
+        if bare.split("%", 1)[0] == str(address) or _is_literal(bare):
+            where = f"{bare} is {why}"
+        else:
+            log.warning("image fetch refused", host=host, address=str(address), reason=why)
+            where = f"{host} resolves to a non-public address"
         return (
-            f"{where}, {why}; the bridge refuses to fetch from such addresses (SSRF guard) "
+            f"{where}; the bridge refuses to fetch from such addresses (SSRF guard) "
             "unless the operator lists the host or network in images.fetch_allow"
         )
 
 
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries, in any form that connects to it, or None."""
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
     if address.sixtofour is not None:
         return address.sixtofour
     if address.teredo is not None:
         return address.teredo[1]
-    if address in _NAT64:
+    if any(address in net for net in _LOW_32_IPV4_CARRIERS) and not (
+        address.is_loopback or address.is_unspecified
+    ):
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
 
@@ -338,14 +413,83 @@ class _CheckingResolver(AbstractResolver):
         pass
 
 
-async def fetch_image(url: str, param: str, settings: ImageSettings) -> str:
-    """Fetches an `http(s)` image URL under the SSRF guard; a checked `data:` URL for Codex."""
+class RemoteFetches:
+    """Bridge-wide: at most `limit` remote image fetches at once; one more waits at most `wait_s`."""
+
+    def __init__(self, limit: int, wait_s: float) -> None:
+        self._slots = asyncio.Semaphore(limit)
+        self.wait_s = wait_s
+        self.in_use = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self.wait_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise ServiceUnavailable(
+                "The bridge is fetching too many remote images at once; retry shortly.",
+                code="server_busy",
+                retry_after=FETCH_RETRY_AFTER_S,
+            ) from None
+        self.in_use += 1
+        try:
+            yield
+        finally:
+            self.in_use -= 1
+            self._slots.release()
+
+
+IMAGE_FETCHES: Final = web.AppKey("image_fetches", RemoteFetches)
+
+
+class ByteBudget:
+    """The bytes one request's remote images may total (`images.max_total_bytes`)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def charge(self, size: int, param: str) -> None:
+        self.used += size
+        if self.used > self.limit:
+            raise _bad_url(
+                param,
+                f"this request's remote images total more than {self.limit} bytes "
+                "(images.max_total_bytes)",
+            )
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+
+async def fetch_image(
+    url: str,
+    param: str,
+    settings: ImageSettings,
+    *,
+    fetches: RemoteFetches | None = None,
+    budget: ByteBudget | None = None,
+) -> str:
+    """Fetches an `http(s)` image URL under the SSRF guard; a checked `data:` URL for Codex.
+
+    With `fetches`, the fetch waits for a bridge-wide slot first (503 when
+    none frees up in time); with `budget`, its bytes count against the
+    request's total.
+    """
     if not settings.fetch_remote:
         raise _bad_url(
             param,
             "this bridge does not fetch remote images (images.fetch_remote is off); "
             "send the image inline as a data: URL",
         )
+    budget = budget if budget is not None else ByteBudget(settings.max_total_bytes)
+    async with fetches.slot() if fetches is not None else contextlib.nullcontext():
+        return await _fetch(url, param, settings, budget)
+
+
+async def _fetch(url: str, param: str, settings: ImageSettings, budget: ByteBudget) -> str:
     policy = FetchPolicy(settings.fetch_allow)
     resolver = _CheckingResolver(policy)
     try:
@@ -354,7 +498,7 @@ async def fetch_image(url: str, param: str, settings: ImageSettings) -> str:
             async with aiohttp.ClientSession(
                 connector=connector, trust_env=False, auto_decompress=False
             ) as session:
-                data = await _follow(session, URL(url), param, policy, settings)
+                data = await _follow(session, URL(url), param, policy, settings, budget)
     except TimeoutError:
         raise _bad_url(
             param, f"fetching it took longer than {settings.fetch_timeout_s:g}s"
@@ -380,6 +524,7 @@ async def _follow(
     param: str,
     policy: FetchPolicy,
     settings: ImageSettings,
+    budget: ByteBudget,
 ) -> bytes:
     for _hop in range(MAX_REDIRECTS + 1):
         if url.scheme not in ("http", "https") or not url.host:
@@ -404,7 +549,7 @@ async def _follow(
                 )
             if response.headers.get("Content-Encoding", "identity").lower() != "identity":
                 raise _bad_url(param, "it answered with a compressed body")
-            return await _read_capped(response, param, settings.max_bytes)
+            return await _read_capped(response, param, settings.max_bytes, budget)
     raise _bad_url(param, f"it redirects more than {MAX_REDIRECTS} times")
 
 
@@ -419,12 +564,18 @@ def _check_literal(host: str, param: str, policy: FetchPolicy) -> None:
         raise _bad_url(param, refusal)
 
 
-async def _read_capped(response: aiohttp.ClientResponse, param: str, limit: int) -> bytes:
-    if response.content_length is not None and response.content_length > limit:
-        raise _bad_url(param, f"it is {response.content_length} bytes, above the {limit} limit")
+async def _read_capped(
+    response: aiohttp.ClientResponse, param: str, limit: int, budget: ByteBudget
+) -> bytes:
+    length = response.content_length
+    if length is not None and length > limit:
+        raise _bad_url(param, f"it is {length} bytes, above the {limit} limit")
+    if length is not None and length > budget.remaining:
+        budget.charge(length, param)  # refused from the header: nothing of it is read
     body = bytearray()
     async for chunk in response.content.iter_chunked(FETCH_CHUNK_BYTES):
         body += chunk
         if len(body) > limit:
             raise _bad_url(param, f"it is larger than the {limit} byte limit")
+        budget.charge(len(chunk), param)
     return bytes(body)

@@ -66,8 +66,11 @@ async def request_context_middleware(request: web.Request, handler: Any) -> web.
         status = response.status
         return response
     except asyncio.CancelledError:
-        status = CLIENT_CLOSED
-        record.outcome = "client_disconnected"
+        if record.sent_status is not None:
+            status = record.sent_status
+        else:
+            status = CLIENT_CLOSED
+            record.outcome = "client_disconnected"
         raise
     finally:
         _finish(request, record, status)

@@ -2,8 +2,8 @@
 
 A response that ends in tool calls leaves its Codex turn running (Codex is
 blocked on the `item/tool/call` request) but gives its key and worker slots
-back (`TurnSession.hand_over`): a turn waiting for a client holds no
-capacity. Parked turns have their own bound (`codex.max_parked_turns`;
+back when that response is done (`TurnSession.hand_over`): a turn waiting
+for a client holds no capacity. Parked turns have their own bound (`codex.max_parked_turns`;
 parking one more releases the oldest) and lifetime
 (`codex.tool_call_timeout_s`).
 
@@ -14,7 +14,10 @@ answers the calls and streams the rest of the same turn. A follow-up that
 finds nothing — another key's call ids, expired, evicted, its worker gone,
 restarted, another instance — replays the conversation on a fresh turn of
 its own instead, so another key's call ids reach neither the parked turn
-nor its owner's bill.
+nor its owner's bill. A follow-up that claimed the turn but then finds its
+worker gone while it waits for a slot on it (`TurnSession.adopted`) does
+not replay: it answers 503 with Retry-After and the turn is released, so
+the client's retry finds nothing and replays.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ is re-sent. Reading, listing, deleting and counting are
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
@@ -29,6 +30,7 @@ from bridge.api.conversation import (
 from bridge.api.drive import drive
 from bridge.api.fanout import open_sessions
 from bridge.api.forced import ForcedCall, ToolChoice, plan_tools
+from bridge.api.images import IMAGE_FETCHES
 from bridge.api.limits import OutputLimiter
 from bridge.api.middleware import ACCESS
 from bridge.api.pending import PENDING, owner_of
@@ -52,8 +54,9 @@ from bridge.api.stored_responses import Persist, input_items_of, saver
 from bridge.api.turns import TurnSession, caller_of, hold_headers, overall_deadline
 from bridge.api.validation import ignored_params_headers, parse_json_body
 from bridge.appkeys import CATALOG, SETTINGS, STORE
+from bridge.catalog import CatalogEntry
 from bridge.codex.events import ReasoningDelta, ToolCall, Usage
-from bridge.codex.turn import HistoryToolCall, HistoryToolOutput, ToolSpec
+from bridge.codex.turn import HistoryToolCall, HistoryToolOutput, ToolSpec, TurnRequest
 from bridge.errors import BridgeError, InvalidRequest, NotFound
 
 # Items Codex CLI and others send back that carry nothing the model needs here.
@@ -225,34 +228,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         # A forced call's reply is the call; text.format shapes text replies.
         output_schema = plan.forced.schema
     summary = (req.reasoning.summary or req.reasoning.generate_summary) if req.reasoning else None
-    # Images are measured (and remote ones fetched) before any worker sees them.
-    conversation = await with_checked_images(
-        conversation_of(req), app[SETTINGS].images, param="input"
-    )
-    outputs = trailing_tool_outputs(conversation)
-    parked = app[PENDING].claim(outputs, owner_of(request, "responses")) if outputs else None
-    if parked is None and req.previous_response_id and outputs:
-        # Tool results for a response whose turn is gone: continue from its
-        # thread, where the model's function call already is.
-        conversation = [item for item in conversation if not isinstance(item, HistoryToolCall)]
-        if previous_body is not None and _was_forced(previous_body):
-            # A forced call's thread holds the structured reply, not a call:
-            # the call comes from the stored response, ahead of its results.
-            conversation = _with_forced_calls(conversation, previous_body)
-    instructions = req.instructions or None
-    turn_request = build_turn_request(
-        conversation,
-        codex_model=entry.codex_model,
-        instructions=instructions,
-        tools=plan.tools,
-        effort=(req.reasoning.effort if req.reasoning else None) or entry.effort,
-        # OpenAI returns a reasoning summary only when asked for one.
-        reasoning_summary=summary or "none",
-        output_schema=output_schema,
-        param="input",
-        persist=keep,
-        continue_from=continue_from,
-    )
+    items = conversation_of(req)
+    outputs = trailing_tool_outputs(items)
     echo = ResponseEcho(
         model=req.model,
         instructions=req.instructions,
@@ -281,10 +258,14 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     ignored = [*req.ignored_params(), *ignored_tools]
     if choice is None:
         ignored.append("tool_choice")  # a built-in tool's choice: none of those run here
-    headers = ignored_params_headers(ignored)
+    headers = ignored_params_headers(ignored, request)
     request[ACCESS].model = req.model
     limiters = [OutputLimiter((), req.max_output_tokens)]
     stream = bool(req.stream)
+    # Claimed first: an adopted turn goes on from its own thread, so this
+    # request's history (and its images) never reach Codex and are not
+    # checked or fetched. Nothing between the claim and the adoption raises.
+    parked = app[PENDING].claim(outputs, owner_of(request, "responses")) if outputs else None
     if parked is not None:
         for call_id, output in outputs.items():
             parked.resolve_tool_call(call_id, output)
@@ -292,6 +273,17 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             parked.adopted(request, endpoint="responses", stream=stream)
         )
     else:
+        turn_request = await _turn_request(
+            request,
+            req,
+            entry,
+            items,
+            plan.tools,
+            output_schema,
+            summary,
+            continue_from,
+            previous_body,
+        )
         sessions_cm = open_sessions(request, [turn_request], endpoint="responses", stream=stream)
     async with sessions_cm as sessions:
         # Stored before the final event or body goes out: a client that
@@ -313,6 +305,46 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             )
         park_waiting(app[PENDING], sessions, waiting)
     return response
+
+
+async def _turn_request(
+    request: web.Request,
+    req: ResponseCreateRequest,
+    entry: CatalogEntry,
+    items: list[Item],
+    tools: Sequence[ToolSpec],
+    output_schema: dict[str, Any] | None,
+    summary: str | None,
+    continue_from: tuple[str, str] | None,
+    previous_body: dict[str, Any] | None,
+) -> TurnRequest:
+    """The fresh turn of a request no parked turn took: images checked, history rebuilt."""
+    app = request.app
+    # Images are measured (and remote ones fetched) before any worker sees them.
+    conversation = await with_checked_images(
+        items, app[SETTINGS].images, param="input", fetches=app[IMAGE_FETCHES]
+    )
+    if req.previous_response_id and trailing_tool_outputs(conversation):
+        # Tool results for a response whose turn is gone: continue from its
+        # thread, where the model's function call already is.
+        conversation = [item for item in conversation if not isinstance(item, HistoryToolCall)]
+        if previous_body is not None and _was_forced(previous_body):
+            # A forced call's thread holds the structured reply, not a call:
+            # the call comes from the stored response, ahead of its results.
+            conversation = _with_forced_calls(conversation, previous_body)
+    return build_turn_request(
+        conversation,
+        codex_model=entry.codex_model,
+        instructions=req.instructions or None,
+        tools=tools,
+        effort=(req.reasoning.effort if req.reasoning else None) or entry.effort,
+        # OpenAI returns a reasoning summary only when asked for one.
+        reasoning_summary=summary or "none",
+        output_schema=output_schema,
+        param="input",
+        persist=req.store is not False,
+        continue_from=continue_from,
+    )
 
 
 class _Sink:

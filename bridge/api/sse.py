@@ -20,6 +20,8 @@ from typing import ClassVar, Final
 import structlog
 from aiohttp import web
 
+from bridge.ops.access import ACCESS
+
 log = structlog.get_logger("bridge.sse")
 
 SSE_HEADERS: Final = {
@@ -127,6 +129,9 @@ class SSEStream:
             try:
                 async with asyncio.timeout(self._write_timeout_s):
                     await self._response.write_eof()
+                record = self._request.get(ACCESS)
+                if record is not None:
+                    record.sent_status = self._response.status
             except TimeoutError:
                 self._stalled = True
             except (ConnectionResetError, RuntimeError):

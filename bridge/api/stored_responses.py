@@ -39,10 +39,10 @@ from bridge.api.schemas import (
     Refusal,
     ResponseCreateRequest,
 )
-from bridge.api.turns import TurnSession, caller_of
+from bridge.api.turns import TURNS, TurnSession, caller_of
 from bridge.api.validation import parse_json_body
 from bridge.appkeys import CATALOG, STORE
-from bridge.errors import InvalidRequest, NotFound
+from bridge.errors import InvalidRequest, NotFound, StoreUnavailable
 from bridge.retention import RETENTION
 from bridge.store import StoredResponse
 from bridge.tokens import count_tokens
@@ -168,7 +168,7 @@ def saver(
         )
         try:
             await app[STORE].put(record)
-        except (sqlite3.Error, OSError) as exc:
+        except (StoreUnavailable, sqlite3.Error, OSError) as exc:
             # The answer still goes out; only retrieval and continuation are lost.
             log.error("response not stored", response=renderer.id, error=repr(exc))
             return
@@ -196,6 +196,18 @@ async def get_response(request: web.Request) -> web.Response:
     return _json((await _owned(request)).body)
 
 
+def thread_in_use(app: web.Application, thread_id: str) -> bool:
+    """Whether a turn runs on the thread: parked, or running (a claimed parked turn included).
+
+    A follow-up that adopted a parked turn has taken it out of the parked
+    set and stored nothing yet: only the running set still knows its thread.
+    """
+    turns = app.get(TURNS)
+    return thread_id in app[PENDING].thread_ids() or (
+        turns is not None and thread_id in turns.thread_ids()
+    )
+
+
 async def delete_response(request: web.Request) -> web.Response:
     response_id = request.match_info["response_id"]
     app = request.app
@@ -203,8 +215,8 @@ async def delete_response(request: web.Request) -> web.Response:
     if record is None:
         raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
     thread_id = record.thread_id
-    if thread_id is not None and thread_id in app[PENDING].thread_ids():
-        # A parked turn still runs on it; the thread goes with the last response on it.
+    if thread_id is not None and thread_in_use(app, thread_id):
+        # A turn still runs on it; the thread goes with the last response on it.
         thread_id = None
     await app[RETENTION].forget_thread(thread_id)
     return _json({"id": response_id, "object": "response", "deleted": True})

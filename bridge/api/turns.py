@@ -10,7 +10,15 @@ Streams use two helpers around it: `hold_headers` reads ahead to each
 choice's first event before any byte goes out (bounded by
 `server.stream_header_hold_s`), so a turn that fails first is a plain HTTP
 error; `overall_deadline` holds everything after it, writes to a slow client
-included, to `codex.request_deadline_s`.
+included, to `codex.request_deadline_s`, counted from the request's arrival
+(so the queue wait, image fetches and the hold count too; `deadline_at`).
+
+Shutdown: every running session is in the app's `TurnRegistry`. When the
+drain deadline passes (`server.shutdown_timeout_s`) the server aborts them:
+a session waiting for its next event wakes at once, interrupts its turn and
+raises `ServiceUnavailable` (`shutting_down`), so its request ends with a
+terminal error (a 503 envelope, or an SSE `error` event and `[DONE]`)
+instead of being cut when the server closes its connections.
 
 With a pool of accounts (`codex.accounts`), a turn that hits its account's
 usage limit before any content is started again on another account that
@@ -19,8 +27,8 @@ has headroom (the client sees no error while one has), and a continuation
 is started there.
 
 A turn that ends in client tool calls is handed over to the pending registry
-(`bridge.api.pending`) and gives its key and worker slots back: a turn that
-waits for a client holds no capacity. The request that brings the results
+(`bridge.api.pending`) and gives its key and worker slots back when its
+request ends: a turn that waits for a client holds no capacity. The request that brings the results
 adopts it and takes a key slot and a slot on the turn's own worker again.
 
 Knows the pool and the Turn protocol; knows no OpenAI shapes.
@@ -30,23 +38,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import structlog
 from aiohttp import web
 
-from bridge.api.middleware import ACCESS, METRICS, AccessRecord
+from bridge.api.middleware import ACCESS, METRICS, AccessRecord, route_of
 from bridge.appkeys import LIMITS, POOL
 from bridge.codex.dialect import start_turn
 from bridge.codex.events import Failed, Finished, TextDelta, ToolCall, TurnEvent, Usage
 from bridge.codex.turn import Turn, TurnRequest
-from bridge.errors import BridgeError, DeadlineExceeded, NotFound, RateLimited, UsageLimitReached
+from bridge.errors import (
+    BridgeError,
+    DeadlineExceeded,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    UsageLimitReached,
+)
 from bridge.ops.admission import KEY_LIMITS
 from bridge.ops.auth import API_KEY
+from bridge.ops.usage import USAGE, row_for
 from bridge.store import ANONYMOUS_OWNER
 from bridge.worker.pool import Lease
 from bridge.worker.supervisor import Worker
@@ -60,12 +77,99 @@ CLEANUP_TIMEOUT_S: Final = 5.0
 # (~0.1 s); the cleanup waits this long for them so the usage ledger bills
 # what Codex used even when the client left (inside CLEANUP_TIMEOUT_S).
 FINAL_USAGE_WAIT_S: Final = 3.0
+# A client told "shutting down" retries after this long (on another instance, or this one
+# once restarted).
+SHUTDOWN_RETRY_AFTER_S: Final = 5
+# The status of the ledger row for tokens a released parked turn reported after its
+# request ended: that request answered 200 (with the tool call).
+LATE_USAGE_STATUS: Final = 200
+
+
+class TurnRegistry:
+    """The sessions whose requests are running now, so shutdown can end them cleanly.
+
+    Counted per request: a parked turn's follow-up can adopt it before the
+    request that parked it has left, and that leaving must not unlist the
+    turn its follow-up now runs.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: dict[TurnSession, int] = {}
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def add(self, session: TurnSession) -> None:
+        self._sessions[session] = self._sessions.get(session, 0) + 1
+        self._empty.clear()
+
+    def discard(self, session: TurnSession) -> None:
+        left = self._sessions.get(session, 0) - 1
+        if left > 0:
+            self._sessions[session] = left
+        else:
+            self._sessions.pop(session, None)
+        if not self._sessions:
+            self._empty.set()
+
+    def abort_all(self) -> int:
+        """Ends every running session's wait with `shutting_down`; returns how many."""
+        error = ServiceUnavailable(
+            "codex-bridge is shutting down; retry the request.",
+            code="shutting_down",
+            retry_after=SHUTDOWN_RETRY_AFTER_S,
+        )
+        sessions = list(self._sessions)
+        for session in sessions:
+            session.abort(error)
+        return len(sessions)
+
+    def thread_ids(self) -> set[str]:
+        """The Codex threads of running and adopted turns (not to be deleted under them)."""
+        threads = (session.thread_and_turn()[0] for session in self._sessions)
+        return {thread for thread in threads if thread is not None}
+
+    async def wait_empty(self, timeout: float) -> bool:
+        """True once every session has ended (bounded)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._empty.wait()
+        return self._empty.is_set()
+
+
+TURNS: Final = web.AppKey("turns", TurnRegistry)
 
 
 def caller_of(request: web.Request) -> str:
     """The owner of the state a request leaves behind: its API key's name, or anonymous."""
     key = request.get(API_KEY)
     return key.name if key is not None else ANONYMOUS_OWNER
+
+
+def key_slots(http: web.Request, count: int = 1) -> AbstractAsyncContextManager[None]:
+    """`count` of the caller's key slots at once (429 past the queue timeout), if it has a cap."""
+    key = http.get(API_KEY)
+    if key is None or key.max_concurrent is None:
+        return contextlib.nullcontext()
+    return _counted_key_slots(http, key.name, key.max_concurrent, count)
+
+
+@asynccontextmanager
+async def _counted_key_slots(
+    http: web.Request, name: str, limit: int, count: int
+) -> AsyncIterator[None]:
+    app = http.app
+    async with AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(
+                app[KEY_LIMITS].hold(name, limit, app[POOL].queue_timeout_s, count)
+            )
+        except RateLimited:
+            app[METRICS].rejected("key_limit")
+            raise
+        yield
 
 
 class TurnSession:
@@ -110,16 +214,30 @@ class TurnSession:
         # An event read ahead by `hold_for_content`, handed out first by `next_event`.
         self._peeked: TurnEvent | None = None
         self._failovers = 0
+        self._registry = app.get(TURNS)
+        # Set by `abort` (shutdown); the wait for the next event is cut short through it.
+        self._aborted: BridgeError | None = None
+        self._waiting: asyncio.Timeout | None = None
 
     async def __aenter__(self) -> TurnSession:
-        await self.admit()
+        if self._registry is not None:
+            self._registry.add(self)
+        try:
+            await self.admit()
+        except BaseException:
+            self._unregister()
+            raise
         try:
             assert self._worker is not None and self._lease is not None
+            if self._clock() >= self.deadline_at:
+                # The queue wait used up the request's time: no turn is started (or billed).
+                raise self.overall_deadline_passed()
             self._started = self._last_event = self._clock()
             # Retried on Codex overload within the queue deadline, possibly on another worker.
             self._turn = await self._start_continuation()
             self._follow_lease()
         except BaseException:
+            self._unregister()
             await self._stack.aclose()
             raise
         self._record.turns += 1  # billed from here on, whatever the outcome
@@ -191,31 +309,40 @@ class TurnSession:
         self._record.turns += 1
         return True
 
-    async def admit(self) -> None:
+    def _unregister(self) -> None:
+        if self._registry is not None:
+            self._registry.discard(self)
+
+    def abort(self, error: BridgeError) -> None:
+        """Shutdown: the next (or current) wait for an event raises `error` after interrupting."""
+        if self._aborted is not None:
+            return
+        self._aborted = error
+        waiting = self._waiting
+        if waiting is not None:
+            waiting.reschedule(asyncio.get_running_loop().time())
+
+    async def admit(self, lease: Lease | None = None) -> None:
         """Takes the key's and a worker's slot; no turn runs yet. Idempotent.
 
-        A fan-out (`bridge.api.fanout`) admits every choice before it starts
-        any, so no billed turn runs while the others still wait for a slot.
+        A fan-out (`bridge.api.fanout`) takes its key slots and its worker
+        slots itself, each in one step (`key_slots`, `WorkerPool.take_slots`),
+        and admits each choice with its `lease`: no billed turn runs while the
+        others still wait for a slot, and none is held while waiting.
         """
         if self._worker is not None:
             return
-        self._worker = await self._take_slots(None)
+        self._worker = await self._take_slots(None, lease)
 
-    async def _take_slots(self, on: Worker | None) -> Worker:
-        """The caller's key slot and a worker slot (on `on`, when given), into `_stack`."""
+    async def _take_slots(self, on: Worker | None, lease: Lease | None = None) -> Worker:
+        """The caller's key slot and a worker slot (on `on`), into `_stack`; or `lease`,
+        whose key slot the fan-out holds."""
         try:
-            key = self._http.get(API_KEY)
-            if key is not None and key.max_concurrent is not None:
-                try:
-                    await self._stack.enter_async_context(
-                        self._http.app[KEY_LIMITS].hold(
-                            key.name, key.max_concurrent, self._pool.queue_timeout_s
-                        )
-                    )
-                except RateLimited:
-                    self._metrics.rejected("key_limit")
-                    raise
-            lease = await self._stack.enter_async_context(self._pool.lease_slot(on))
+            if lease is None:
+                await self._stack.enter_async_context(key_slots(self._http))
+                lease = await self._stack.enter_async_context(self._pool.lease_slot(on))
+            else:
+                self._stack.callback(self._pool.give_back, lease)
             worker = lease.worker
             if on is None:
                 self._worker_pid = worker.pid
@@ -243,6 +370,7 @@ class TurnSession:
     async def _leave(
         self, use: int, exc_type: type[BaseException] | None, exc: BaseException | None
     ) -> None:
+        self._unregister()
         handed_over = self._handed_over.pop(use, None)
         if handed_over is not None:
             # The turn waits for the client's tool results (or was adopted
@@ -262,11 +390,7 @@ class TurnSession:
         if self._turn is not None:
             backlog = self._turn.backlog_high_water
             self._metrics.event_backlog.labels(self._endpoint).observe(backlog)
-        cleanup = asyncio.ensure_future(self._cleanup())
-        # Shielded so a cancelled handler (client gone) still interrupts the
-        # turn and frees its slot; bounded so nothing waits forever.
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(cleanup), CLEANUP_TIMEOUT_S)
+        await _bounded_cleanup(self._cleanup())
 
     @asynccontextmanager
     async def adopted(
@@ -284,9 +408,14 @@ class TurnSession:
         self._record.worker = self.worker_id
         self._endpoint = endpoint
         self._stream = "true" if stream else "false"
+        # Registered before waiting for slots: claimed, the turn is no longer
+        # parked, and its thread must not look unused (a delete would drop it).
+        if self._registry is not None:
+            self._registry.add(self)
         try:
             await self._take_slots(self._worker)
         except BaseException:
+            self._unregister()
             # Nobody can resume this turn any more: end it on Codex's side.
             await self.release()
             raise
@@ -308,8 +437,10 @@ class TurnSession:
     def hand_over(self) -> None:
         """The turn now waits in the pending registry for the client's tool results.
 
-        Called synchronously by the registry, so no follow-up can adopt the turn
-        before the request that parked it has given up its claim on the slots.
+        Called synchronously by the registry, before any follow-up can claim
+        the turn. The parking request keeps its slots until it exits (they move
+        aside to `_handed_over` and are freed then); a follow-up that adopts
+        the turn sooner takes slots of its own, so the two never share one.
         """
         self.parked = True
         self._handed_over[self._use] = self._stack
@@ -333,11 +464,34 @@ class TurnSession:
         )
 
     async def release(self) -> None:
-        """Ends a parked turn nobody came back for (or that was evicted): interrupt it."""
+        """Ends a parked turn nobody came back for (or that was evicted): interrupt it.
+
+        The request that parked the turn has usually finished and written its
+        ledger row, so the tokens the turn's end still reports are accounted
+        to a record of their own and written as a ledger row of their own.
+        """
         self.parked = False
-        cleanup = asyncio.ensure_future(self._cleanup())
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(cleanup), CLEANUP_TIMEOUT_S)
+        late = self._record = dataclasses.replace(
+            self._record,
+            prompt_tokens=None,
+            completion_tokens=None,
+            cached_tokens=0,
+            reasoning_tokens=0,
+            turns=0,
+        )
+        try:
+            await _bounded_cleanup(self._cleanup())
+        finally:
+            self._record_late_usage(late)
+
+    def _record_late_usage(self, late: AccessRecord) -> None:
+        ledger = self._http.app.get(USAGE)
+        tokens = (late.prompt_tokens or 0) + (late.completion_tokens or 0) + late.cached_tokens
+        if ledger is None or tokens + late.reasoning_tokens == 0:
+            return
+        row = row_for(late, route_of(self._http), LATE_USAGE_STATUS)
+        if row is not None:
+            ledger.record(row)
 
     def resolve_tool_call(self, call_id: str, output: str) -> bool:
         if self.parked:
@@ -360,6 +514,14 @@ class TurnSession:
         finally:
             await self._stack.aclose()
 
+    async def _end_aborted(self, error: BridgeError) -> None:
+        """Interrupts the turn (its end still brings the usage) and raises `error`."""
+        assert self._turn is not None
+        log.warning("turn ended by shutdown", code=error.code)
+        self._record.outcome = error.code or "error"
+        await self._turn.interrupt()
+        raise error
+
     async def interrupt(self) -> None:
         """Stops the turn early (a stop sequence or token limit hit); its end still arrives."""
         if self._turn is not None:
@@ -373,8 +535,15 @@ class TurnSession:
 
     @property
     def deadline_at(self) -> float:
-        """When the request's overall deadline passes (event-loop time)."""
-        return self._started + self._limits.deadline_s
+        """When the request's overall deadline passes (event-loop time).
+
+        Counted from the request's arrival, so the queue wait, image fetches
+        and the header hold are inside it, as `codex.request_deadline_s` says.
+        The access record keeps its start in `perf_counter` time, the loop
+        another monotonic clock: the arrival is carried over as an age.
+        """
+        arrived = self._clock() - (time.perf_counter() - self._record.started)
+        return arrived + self._limits.deadline_s
 
     async def hold_for_content(self, hold_s: float) -> None:
         """Reads ahead to the turn's first event, for at most `hold_s`; raises its error if it failed.
@@ -396,11 +565,13 @@ class TurnSession:
         limit = self._limits.deadline_s
         log.warning("turn deadline expired", deadline="overall", limit_s=limit)
         self._record.outcome = "timeout"
-        return DeadlineExceeded(f"Request timed out: the turn took longer than {limit:g}s.")
+        return DeadlineExceeded(f"Request timed out: the request took longer than {limit:g}s.")
 
     async def next_event(self, *, keepalive_s: float | None = None) -> TurnEvent | None:
         """The next turn event, or None when `keepalive_s` passed without one."""
         assert self._turn is not None
+        if self._aborted is not None:
+            await self._end_aborted(self._aborted)
         if self._peeked is not None:
             event, self._peeked = self._peeked, None
             return event
@@ -409,15 +580,21 @@ class TurnSession:
             due, which = self._last_event + self._limits.idle_s, "idle"
         else:
             due, which = self._started + self._limits.first_token_s, "first token"
-        overall = self._started + self._limits.deadline_s
+        overall = self.deadline_at
         if overall < due:
             due, which = overall, "overall"
         wait = due - now
         tick = keepalive_s is not None and keepalive_s < wait
         try:
-            async with asyncio.timeout(keepalive_s if tick else max(wait, 0.0)):
-                event = await self._turn.next_event()
+            async with asyncio.timeout(keepalive_s if tick else max(wait, 0.0)) as waiting:
+                self._waiting = waiting
+                try:
+                    event = await self._turn.next_event()
+                finally:
+                    self._waiting = None  # an exited timeout cannot be rescheduled
         except TimeoutError:
+            if self._aborted is not None:
+                await self._end_aborted(self._aborted)
             if tick:
                 return None
             await self._expire(which)
@@ -494,14 +671,34 @@ class TurnSession:
         raise DeadlineExceeded(
             f"Request timed out: no {which} response from Codex within {limit:g}s."
             if which != "overall"
-            else f"Request timed out: the turn took longer than {limit:g}s."
+            else f"Request timed out: the request took longer than {limit:g}s."
         )
+
+
+async def _bounded_cleanup(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Runs `cleanup` shielded and bounded by CLEANUP_TIMEOUT_S.
+
+    Shielded so a cancelled handler (client gone) still interrupts the turn
+    and frees its slot; bounded so nothing waits forever. A cancellation of
+    the caller itself (shutdown's grace passed, or the handler cancelled
+    again) is re-raised once the wait is over, so the caller stops too.
+    """
+    task = asyncio.ensure_future(cleanup)
+    try:
+        await asyncio.wait_for(asyncio.shield(task), CLEANUP_TIMEOUT_S)
+    except TimeoutError:
+        pass
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+        # The cleanup task itself was cancelled (the loop is closing): nothing to wait for.
 
 
 async def hold_headers(sessions: Sequence[TurnSession], hold_s: float) -> None:
     """Before a stream sends its headers: waits, at most `hold_s`, for every choice's first event.
 
-    The first choice that failed before any content raises its error, so the
+    The choice that failed first, before any content, raises its error, so the
     client gets the status (429, 502, ...) and `Retry-After` a non-streaming
     request would; after `hold_s` the stream opens anyway (keepalives as usual).
     """
@@ -511,15 +708,24 @@ async def hold_headers(sessions: Sequence[TurnSession], hold_s: float) -> None:
         await sessions[0].hold_for_content(hold_s)
         return
     tasks = [asyncio.ensure_future(s.hold_for_content(hold_s)) for s in sessions]
+    # In the order the choices failed (done callbacks run in completion order),
+    # not in choice order: the error is the first failure's.
+    failures: list[BaseException] = []
+
+    def note(task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            failures.append(cast(BaseException, task.exception()))
+
+    for task in tasks:
+        task.add_done_callback(note)
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            raise cast(BaseException, task.exception())
+    if failures:
+        raise failures[0]
 
 
 @asynccontextmanager

@@ -16,6 +16,7 @@ import re
 from typing import Any, Final, TypeVar
 
 import orjson
+from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from bridge.errors import InvalidRequest
@@ -55,13 +56,18 @@ _SAFE_NAME: Final = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,64}")
 # ...and the header bounded too, so 5000 unknown fields stay one small header.
 IGNORED_PARAMS_MAX_NAMES: Final = 20
 IGNORED_PARAMS_MAX_BYTES: Final = 1024
+# The ignored-params header of the request, for its error answers too.
+IGNORED_HEADERS: Final = web.RequestKey("ignored_params_headers", dict[str, str])
 
 
-def ignored_params_headers(names: list[str]) -> dict[str, str]:
+def ignored_params_headers(names: list[str], request: web.Request | None = None) -> dict[str, str]:
     """The response header naming what was accepted but not acted on (never silently claimed).
 
     Names that are not plain parameter names, and any past the count or byte
     cap, are summed up in a trailing `+N more` marker instead of being named.
+    Given the request, the header is kept on it too (`IGNORED_HEADERS`), so
+    an error answer of that request (admission, a stream's header hold)
+    carries it like any other answer (`bridge.api.errors`).
     """
     unique = list(dict.fromkeys(names))
     shown: list[str] = []
@@ -78,7 +84,10 @@ def ignored_params_headers(names: list[str]) -> dict[str, str]:
     hidden = len(unique) - len(shown)
     if hidden:
         shown.append(f"+{hidden} more")
-    return {IGNORED_PARAMS_HEADER: ",".join(shown)} if shown else {}
+    headers = {IGNORED_PARAMS_HEADER: ",".join(shown)} if shown else {}
+    if request is not None:
+        request[IGNORED_HEADERS] = headers
+    return headers
 
 
 def parse_json_body(raw: bytes, model: type[T]) -> T:

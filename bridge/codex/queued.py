@@ -7,14 +7,16 @@ is bounded (`codex.max_queued_events`): a request that stops consuming (a
 client that does not read its stream) cannot grow the bridge's memory. Past
 the bound the reader drops the backlog, asks Codex to interrupt the turn (in
 a task of its own, never waiting) and the consumer's next event is `Failed`.
-Knows the RPC error types and the turn events; no method names of either
-dialect.
+The interrupt task is kept and awaited when the turn closes. Knows the RPC
+error types and the turn events; no method names of either dialect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any, Final
 
 import structlog
@@ -65,6 +67,17 @@ def start_error(exc: BaseException, step: str) -> BridgeError:
     if isinstance(exc, RpcError):
         return BridgeError(f"Codex rejected {step}: {exc.message}")
     return BridgeError(f"Codex answered {step} with an unexpected payload.")
+
+
+async def shielded(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Runs a bounded cleanup to its end even when the caller is cancelled meanwhile."""
+    task = asyncio.ensure_future(cleanup)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if task.cancelled():
+            return  # the loop is closing: nothing left to clean up with
+        raise  # the caller is cancelled again; the cleanup task goes on on its own
 
 
 def backlog_error(max_queued_events: int) -> BridgeError:
@@ -132,6 +145,13 @@ class QueuedTurn:
             thread_id=self.thread_id,
             max_queued_events=self._max_queued,
         )
+
+    async def _reap_overflow(self) -> None:
+        """Waits for the overflow's interrupt task (bounded by its RPC timeout): none outlives the turn."""
+        overflow = self._overflow
+        if overflow is not None and not overflow.done():
+            with contextlib.suppress(Exception):
+                await overflow
 
     async def next_event(self) -> TurnEvent:
         """The next event; cancellation-safe (a timeout around it loses nothing)."""

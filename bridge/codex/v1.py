@@ -23,7 +23,7 @@ import structlog
 
 from bridge.codex import estimate
 from bridge.codex.events import Failed, Finished, ReasoningDelta, TextDelta, Usage
-from bridge.codex.queued import START_ERRORS, QueuedTurn, start_error
+from bridge.codex.queued import START_ERRORS, QueuedTurn, shielded, start_error
 from bridge.codex.turn import TurnRequest
 from bridge.codex.v2 import (
     APPROVAL_POLICY,
@@ -105,6 +105,7 @@ async def start_turn(
         raise start_error(exc, "newConversation") from exc
     turn = V1Turn(conn, router, conversation_id, settings, request)
     router.add(conversation_id, turn)
+    requested = False
     try:
         listener = await conn.request(
             "addConversationListener", {"conversationId": conversation_id}, timeout=timeout
@@ -123,8 +124,14 @@ async def start_turn(
         }
         if request.effort:
             params["effort"] = request.effort
+        requested = True
         await conn.request("sendUserTurn", params, timeout=timeout)
     except BaseException as exc:
+        if requested and not isinstance(exc, RpcError | ConnectionClosed):
+            # No answer (or a cancel) is no refusal: Codex may run the task.
+            # interruptConversation needs no turn id, and Codex reads it after
+            # the sendUserTurn it follows.
+            await shielded(turn.interrupt())
         await turn.aclose()
         if isinstance(exc, START_ERRORS):
             raise start_error(exc, "sendUserTurn") from exc
@@ -228,6 +235,7 @@ class V1Turn(QueuedTurn):
             return
         self._closed = True
         self._router.remove(self.thread_id)
+        await self._reap_overflow()
         if self._conn.closed or self.subscription_id is None:
             return
         with contextlib.suppress(ConnectionClosed, RpcTimeout, RpcError):

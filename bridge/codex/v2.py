@@ -37,6 +37,7 @@ from bridge.codex.queued import (
     DEFAULT_MAX_QUEUED_EVENTS,
     START_ERRORS,
     QueuedTurn,
+    shielded,
     start_error,
 )
 from bridge.codex.turn import HistoryToolCall, HistoryToolOutput, TurnRequest
@@ -52,6 +53,10 @@ TOOL_CALL: Final = "bridge/toolCall"
 
 # A closing thread/unsubscribe is housekeeping: never hold a request up for it.
 UNSUBSCRIBE_TIMEOUT_S: Final = 5.0
+# A turn/start cut short (client gone, RPC timeout) may still have been
+# accepted: its turn id then comes with turn/started, waited for this long so
+# the turn can be interrupted rather than run on with nobody reading it.
+ABANDONED_START_WAIT_S: Final = 2.0
 
 # What the model hears when it calls a tool nobody answers.
 TOOL_UNAVAILABLE: Final = {
@@ -231,6 +236,7 @@ async def start_turn(
 
     turn = V2Turn(conn, router, thread_id, settings, request)
     router.add(thread_id, turn)
+    requested = False
     try:
         items = history_items(request)
         if items:
@@ -249,9 +255,13 @@ async def start_turn(
             turn_params["summary"] = request.reasoning_summary
         if request.output_schema is not None:
             turn_params["outputSchema"] = request.output_schema
+        requested = True
         result = await conn.request("turn/start", turn_params, timeout=timeout)
         turn.set_turn_id(str(result["turn"]["id"]))
     except BaseException as exc:
+        if requested and not isinstance(exc, RpcError | ConnectionClosed):
+            # No answer (or a cancel) is no refusal: Codex may run the turn.
+            await shielded(turn.interrupt_unconfirmed())
         await turn.aclose()
         if isinstance(exc, START_ERRORS):
             raise start_error(exc, "turn/start") from exc
@@ -317,9 +327,28 @@ class V2Turn(QueuedTurn):
         self._retrying = False
         self._emitted_any = False
         self._tool_calls: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._turn_known = asyncio.Event()
 
     def set_turn_id(self, turn_id: str) -> None:
         self.turn_id = turn_id
+        self._turn_known.set()
+
+    def feed(self, method: str, params: dict[str, Any]) -> None:
+        if method == "turn/started" and self.turn_id is None:
+            # The turn/start answer may come after this, or never reach a
+            # request that gave up on it: the id is known from here on.
+            turn = params.get("turn")
+            if isinstance(turn, dict) and turn.get("id") is not None:
+                self.set_turn_id(str(turn["id"]))
+        super().feed(method, params)
+
+    async def interrupt_unconfirmed(self) -> None:
+        """Interrupts a turn whose turn/start went unanswered, once its id is known (bounded)."""
+        if self.turn_id is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ABANDONED_START_WAIT_S):
+                    await self._turn_known.wait()
+        await self.interrupt()
 
     # -- consumer side -------------------------------------------------------------------
     def _translate(self, method: str, params: dict[str, Any]) -> None:
@@ -473,6 +502,7 @@ class V2Turn(QueuedTurn):
         self._closed = True
         self._abandon_tool_calls()
         self._router.remove(self.thread_id)
+        await self._reap_overflow()
         if self._conn.closed:
             return
         # Unloads the ephemeral thread so a long-lived worker does not grow.

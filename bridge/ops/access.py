@@ -33,6 +33,9 @@ class AccessRecord:
     key_name: str | None = None
     turns: int = 0
     """Codex turns this request started or continued: each one is billed, whatever the outcome."""
+    sent_status: int | None = None
+    """Status of a response already sent whole (a stream past its last byte): a client that
+    hangs up while the handler still cleans up did not cut that response short."""
 
 
 ACCESS: Final = web.RequestKey("access", AccessRecord)

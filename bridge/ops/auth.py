@@ -2,7 +2,11 @@
 
 Keys come from the settings (`auth.api_keys`, `BRIDGE_API_KEYS`) and a keys
 file (`auth.keys_file`, or systemd's `$CREDENTIALS_DIRECTORY/api-keys`).
-Each entry is `KEY`, `NAME:KEY` or `NAME:KEY:MAX_CONCURRENT`. Only SHA-256
+Each entry is `KEY`, `NAME:KEY` or `NAME:KEY:MAX_CONCURRENT`. A key's name
+owns its stored responses, parked turns, usage rows and concurrency cap, so
+names are unique (a duplicate is a config error) and an unnamed key's name
+comes from the key itself (`key-<fingerprint>`), never from its position:
+adding or removing an entry cannot hand one key another's state. Only SHA-256
 digests are kept; a presented key is hashed and compared against every
 digest with `hmac.compare_digest`. Logs and headers carry the key's name and
 an 8-hex fingerprint, never the key.
@@ -41,6 +45,7 @@ from urllib.parse import unquote, urlsplit
 import structlog
 from aiohttp import web
 
+from bridge.config import ConfigError
 from bridge.errors import AuthenticationFailed, PermissionDenied
 from bridge.ops.access import ACCESS
 from bridge.ops.admission import KEY_LIMITS
@@ -62,8 +67,8 @@ _MISSING: Final = (
 )
 
 
-class KeyFormatError(ValueError):
-    pass
+class KeyFormatError(ConfigError, ValueError):
+    """A key entry the bridge cannot start with (startup exits 2)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +83,13 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def parse_key_entry(entry: str, *, default_name: str) -> ApiKey:
+def default_key_name(fingerprint: str) -> str:
+    """An unnamed key's name: derived from the key, so it never changes with its position."""
+    return f"key-{fingerprint}"
+
+
+def parse_key_entry(entry: str, *, default_name: str | None = None) -> ApiKey:
+    """One entry; an unnamed key is `default_name`, or else `key-<fingerprint>`."""
     parts = entry.strip().split(":")
     if len(parts) == 1:
         name, key, limit = default_name, parts[0], None
@@ -88,16 +99,23 @@ def parse_key_entry(entry: str, *, default_name: str) -> ApiKey:
         name, key, limit = parts
     else:
         raise KeyFormatError("expected KEY, NAME:KEY or NAME:KEY:MAX_CONCURRENT")
+    if name == "":
+        raise KeyFormatError("a key's NAME must not be empty (use KEY alone for no name)")
     if len(key) < 8:
-        raise KeyFormatError(f"key for {name!r} is shorter than 8 characters")
+        who = repr(name) if name is not None else "an unnamed entry"
+        raise KeyFormatError(f"key for {who} is shorter than 8 characters")
     max_concurrent = None
     if limit:
         if not limit.isdigit() or int(limit) < 1:
             raise KeyFormatError(f"max concurrency for {name!r} must be a positive integer")
         max_concurrent = int(limit)
     digest = _digest(key)
+    fingerprint = digest.hex()[:8]
     return ApiKey(
-        name=name, fingerprint=digest.hex()[:8], max_concurrent=max_concurrent, digest=digest
+        name=name if name is not None else default_key_name(fingerprint),
+        fingerprint=fingerprint,
+        max_concurrent=max_concurrent,
+        digest=digest,
     )
 
 
@@ -109,6 +127,22 @@ def read_keys_file(path: Path) -> list[str]:
 class KeyStore:
     def __init__(self, keys: Iterable[ApiKey]) -> None:
         self._keys = tuple(keys)
+        names: set[str] = set()
+        digests: set[bytes] = set()
+        for key in self._keys:
+            if key.name in names:
+                # Two keys under one name would share its responses, parked
+                # turns, usage and cap; the bridge refuses to guess which.
+                raise KeyFormatError(
+                    f"API key name {key.name!r} is used by more than one key; "
+                    "give every key its own NAME"
+                )
+            if key.digest in digests:
+                raise KeyFormatError(
+                    f"the API key with fingerprint {key.fingerprint} is listed more than once"
+                )
+            names.add(key.name)
+            digests.add(key.digest)
 
     @classmethod
     def from_sources(
@@ -121,7 +155,7 @@ class KeyStore:
             path = Path(credentials) / CREDENTIAL_NAME
         if path is not None:
             raw.extend(read_keys_file(path))
-        return cls(parse_key_entry(e, default_name=f"key{i + 1}") for i, e in enumerate(raw))
+        return cls(parse_key_entry(e) for e in raw)
 
     def __len__(self) -> int:
         return len(self._keys)

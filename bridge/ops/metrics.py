@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from bridge.codex.account import AccountState
 from bridge.worker.pool import WorkerPool
+from bridge.worker.supervisor import RECYCLE_PREFIX
 
 # LLM-shaped buckets: the default ones stop at 10 s, too short for agent turns.
 LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 900)
@@ -56,6 +57,7 @@ class _PoolCollector(Collector):
             "starting": 0,
             "ready": 0,
             "probing": 0,
+            "draining": 0,
             "restarting": 0,
             "stopped": 0,
         }
@@ -217,7 +219,14 @@ class Metrics:
         )
         self.worker_restarts = Counter(
             "codex_bridge_worker_restarts",
-            "Worker restarts by reason.",
+            "Unplanned worker restarts by reason (recycles are counted apart).",
+            ["reason"],
+            registry=r,
+        )
+        self.worker_recycles = Counter(
+            "codex_bridge_worker_recycles",
+            "Planned worker restarts after draining, by the bound that was reached"
+            " (max_turns, max_rss).",
             ["reason"],
             registry=r,
         )
@@ -256,12 +265,22 @@ class Metrics:
             "Responses in the response store (counted at startup and after each purge).",
             registry=r,
         )
+        self.store_errors = Counter(
+            "codex_bridge_store_errors",
+            "SQLite operations that failed (read-only, full, I/O error); the request was"
+            " still answered. store: responses or usage.",
+            ["store", "op"],
+            registry=r,
+        )
         self.store_purged = Counter(
             "codex_bridge_store_purged",
             "Expired stored responses removed, and Codex threads deleted with them.",
             ["what"],
             registry=r,
         )
+
+    def store_error(self, store: str, op: str) -> None:
+        self.store_errors.labels(store, op).inc()
 
     def watch_pool(self, pool: WorkerPool) -> None:
         self._pool = pool
@@ -277,7 +296,11 @@ class Metrics:
         self.queue_wait.observe(seconds)
 
     def restarted(self, reason: str) -> None:
-        self.worker_restarts.labels(reason).inc()
+        # Planned recycles are not failures: kept out of the restarts (and their alert).
+        if reason.startswith(RECYCLE_PREFIX):
+            self.worker_recycles.labels(reason.removeprefix(RECYCLE_PREFIX)).inc()
+        else:
+            self.worker_restarts.labels(reason).inc()
 
     def handshake(self, seconds: float) -> None:
         self.handshake_seconds.observe(seconds)

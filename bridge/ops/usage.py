@@ -10,6 +10,13 @@ pages of day buckets whose results are grouped by API key name and model.
 With API keys configured a caller sees its own key's usage only. Without
 parameters it covers the current UTC day.
 
+The ledger never takes a request down: a batch the database refuses
+(read-only, full, locked, I/O error) is logged with its row count and
+reported through `on_error(op)` (`codex_bridge_store_errors{store="usage"}`),
+and those rows are lost; the writer task lives on and writes the next
+batch. Row values are coerced to the column types when the row is made, so
+one odd value cannot fail a batch. `close()` never raises.
+
 Knows the access record and SQLite; no OpenAI request shapes.
 """
 
@@ -17,12 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
+import structlog
 from aiohttp import web
 
 from bridge.appkeys import ACCOUNTS
@@ -30,6 +40,9 @@ from bridge.errors import InvalidRequest
 from bridge.ops.access import AccessRecord
 from bridge.ops.auth import API_KEY
 from bridge.sqlite import SqliteThread
+from bridge.store import ANONYMOUS_OWNER
+
+log = structlog.get_logger("bridge.usage")
 
 DAY_S: Final = 86_400
 # Unix seconds as ASCII digits only (str.isdigit also accepts "²" and other
@@ -41,6 +54,10 @@ MAX_UNIX_S: Final = 253_402_300_799
 BATCH_MAX: Final = 256
 # At most this many days per query, as OpenAI's usage API.
 MAX_BUCKETS: Final = 31
+# SQLite INTEGER is 64-bit signed; a larger count (never real) is clamped, not a failed batch.
+MAX_SQLITE_INT: Final = 2**63 - 1
+# What a failed batch write can raise: SQLite's own errors, and a value it cannot bind.
+WRITE_ERRORS: Final = (sqlite3.Error, ValueError, TypeError, OverflowError)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -72,8 +89,9 @@ class UsageRow:
 
 
 class UsageLedger:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, on_error: Callable[[str], None] | None = None) -> None:
         self._db = SqliteThread(path, _SCHEMA)
+        self._on_error = on_error
         self._queue: asyncio.Queue[UsageRow | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
 
@@ -95,12 +113,21 @@ class UsageLedger:
         await self._insert(rows)
 
     async def close(self) -> None:
-        """Lets the writer drain the queue and stop (a sentinel, not a cancel: no row lost)."""
-        if self._writer is not None:
-            self._queue.put_nowait(None)
-            await self._writer
-        await self.flush()
-        await self._db.close()
+        """Lets the writer drain the queue and stop (a sentinel, not a cancel: no row lost).
+
+        Never raises: shutdown goes on whatever the database does.
+        """
+        try:
+            if self._writer is not None:
+                self._queue.put_nowait(None)
+                await self._writer
+            await self.flush()
+        except Exception as exc:  # the writer only fails on a bug; shutdown must not
+            log.error("usage ledger close failed", error=repr(exc))
+        try:
+            await self._db.close()
+        except Exception as exc:
+            log.error("usage ledger close failed", error=repr(exc))
 
     async def _write_loop(self) -> None:
         while True:
@@ -111,13 +138,25 @@ class UsageLedger:
                 if len(rows) >= BATCH_MAX or self._queue.empty():
                     break
                 item = self._queue.get_nowait()
-            await self._insert(rows)
+            try:
+                await self._insert(rows)
+            except Exception as exc:  # never end the writer: later rows would pile up unwritten
+                log.error("usage ledger write failed", rows=len(rows), error=repr(exc))
             if item is None:
                 return
 
     async def _insert(self, rows: list[UsageRow]) -> None:
+        """Writes one batch; a batch the database refuses is logged, counted and dropped."""
         if not rows:
             return
+        try:
+            await self._write(rows)
+        except WRITE_ERRORS as exc:
+            log.error("usage rows not recorded", rows=len(rows), error=repr(exc))
+            if self._on_error is not None:
+                self._on_error("insert")
+
+    async def _write(self, rows: list[UsageRow]) -> None:
         values = [
             (
                 r.ts,
@@ -183,15 +222,25 @@ def row_for(record: AccessRecord, endpoint: str, status: int) -> UsageRow | None
         return None
     return UsageRow(
         ts=time.time(),
-        key_name=record.key_name or "anonymous",
-        model=record.model,
-        endpoint=endpoint,
-        status=status,
-        input_tokens=record.prompt_tokens or 0,
-        cached_tokens=record.cached_tokens,
-        output_tokens=record.completion_tokens or 0,
-        reasoning_tokens=record.reasoning_tokens,
+        # The store's owner spelling: no key name can be it (names carry no ':').
+        key_name=str(record.key_name or ANONYMOUS_OWNER),
+        model=str(record.model),
+        endpoint=str(endpoint),
+        status=_count(status),
+        input_tokens=_count(record.prompt_tokens),
+        cached_tokens=_count(record.cached_tokens),
+        output_tokens=_count(record.completion_tokens),
+        reasoning_tokens=_count(record.reasoning_tokens),
     )
+
+
+def _count(value: object) -> int:
+    """A non-negative INTEGER SQLite can bind, whatever Codex reported (None, float, huge)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if value != value or value < 0:  # NaN, negative
+        return 0
+    return min(int(value), MAX_SQLITE_INT) if value != float("inf") else MAX_SQLITE_INT
 
 
 def _int_param(request: web.Request, name: str, default: int) -> int:

@@ -1,7 +1,10 @@
 """The worker pool: N supervised workers, the FIFO admission queue, and overload backpressure.
 
-`lease()` hands out a turn slot on the least-loaded ready worker (or on a
-given one). When no slot is free the caller waits in a bounded queue for a
+`lease_slot()` hands out a turn slot on the least-loaded ready worker (or
+on a given one); `take_slots(n)` hands out a fan-out's n slots in one step,
+all or none, never holding some while it waits for the rest (a waiting
+fan-out keeps its place: later arrivals queue behind it). When no slot
+is free the caller waits in a bounded queue for a
 bounded time; freed slots go to waiters strictly in arrival order (each
 waiter owns a future in a deque, and a new arrival never takes a slot while
 an earlier waiter could use it). A full queue or an expired wait is
@@ -12,7 +15,8 @@ Overload is backpressure, not a failure: `start_on(lease, fn)` runs the turn's
 start-up and, when the worker answers `WorkerOverloaded`, gives the slot
 back, waits a jittered exponential backoff and takes a slot again —
 preferring another worker — until the request's queue deadline, then lets
-the 503 (with Retry-After) through. Each worker's effective concurrency
+the 503 (with Retry-After) through, also when the wait for the retry's
+slot runs out. Each worker's effective concurrency
 adapts to what it accepts (AIMD): a new process starts at
 `INITIAL_TURN_LIMIT` and doubles per window of good starts (slow start);
 an overload answer or a start slower than a quarter of `rpc_timeout_s`
@@ -27,6 +31,11 @@ falls back to unranked workers only when every account is out (the turn then
 fails with the account's own error). `move(lease, exclude)` gives a lease's
 slot back and takes one on another worker: a request whose turn hit a usage
 limit before any content is retried on another account.
+
+A worker being recycled (`WorkerState.DRAINING`, then restarting; see
+`bridge.worker.supervisor`) takes no new turns but counts as coming back:
+with no other worker ready, requests wait in the queue for it rather than
+getting 503.
 
 Knows workers and capacity; knows no protocol details and no HTTP.
 """
@@ -72,6 +81,8 @@ INITIAL_TURN_LIMIT: Final = 16
 # A turn start slower than this fraction of rpc_timeout_s is a congestion
 # signal like an overload answer (a saturated worker answers late, not "no").
 SLOW_START_FRACTION: Final = 0.25
+# The error code (and rejection reason) of requests refused because the bridge is stopping.
+SHUTTING_DOWN: Final = "shutting_down"
 
 
 class PoolObserver(WorkerObserver, Protocol):
@@ -114,9 +125,11 @@ class Lease:
 
 @dataclass(slots=True)
 class _Waiter:
-    future: asyncio.Future[Worker]
+    future: asyncio.Future[list[Worker]]
     on: Worker | None
     avoid: Worker | None
+    count: int = 1
+    """Slots wanted at once: more than one for a fan-out, all handed over together."""
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -179,6 +192,8 @@ class WorkerPool:
         finally:
             for task in waits:
                 task.cancel()
+            # Reaped, so no task outlives the call (or logs "never retrieved").
+            await asyncio.gather(*waits, return_exceptions=True)
 
     async def wait_idle(self) -> None:
         """Returns once no turn is running (the drain on shutdown)."""
@@ -195,7 +210,7 @@ class WorkerPool:
     def closing(self, value: bool) -> None:
         self._closing = value
         if value:
-            self._fail_waiters(lambda w: True, "shutting_down", "codex-bridge is shutting down.")
+            self._fail_waiters(lambda w: True, SHUTTING_DOWN, "codex-bridge is shutting down.")
 
     async def stop(self) -> None:
         self.closing = True
@@ -217,13 +232,14 @@ class WorkerPool:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    @property
-    def capacity(self) -> int:
-        return sum(self.turn_limit(w) for w in self.workers if w.ready)
-
     def turn_limit(self, worker: Worker) -> int:
         """The worker's current effective concurrency (AIMD), at most max_turns_per_worker."""
         return self._capacity[worker.id].limit
+
+    @property
+    def recycling(self) -> bool:
+        """Some worker is draining or restarting on schedule: capacity is coming back."""
+        return any(w.recycling for w in self.workers)
 
     def any_ready(self) -> Worker | None:
         for worker in self.workers:
@@ -233,23 +249,34 @@ class WorkerPool:
 
     # -- admission ---------------------------------------------------------------------
     @asynccontextmanager
-    async def lease(self, on: Worker | None = None) -> AsyncIterator[Worker]:
-        """A turn slot on the least-loaded ready worker, or on `on` (a parked turn resuming
-        on the worker its Codex thread lives in)."""
-        async with self.lease_slot(on) as lease:
-            yield lease.worker
-
-    @asynccontextmanager
     async def lease_slot(self, on: Worker | None = None) -> AsyncIterator[Lease]:
-        """Like `lease`, as a `Lease` that `start_on` can move to another worker."""
+        """A turn slot on the least-loaded ready worker, or on `on` (a parked turn resuming
+        on the worker its Codex thread lives in), as a `Lease` that `start_on` can move to
+        another worker."""
         deadline = asyncio.get_running_loop().time() + self.queue_timeout_s
-        lease = Lease(await self._acquire(on, None, deadline), deadline)
+        (worker,) = await self._acquire(on, None, deadline)
+        lease = Lease(worker, deadline)
         try:
             yield lease
         finally:
-            if lease.held:
-                lease.held = False
-                self._release(lease.worker)
+            self.give_back(lease)
+
+    async def take_slots(self, count: int) -> list[Lease]:
+        """`count` slots at once for a fan-out: all of them, or none (nothing held while waiting).
+
+        A fan-out may go past a worker's adaptive limit up to
+        `max_turns_per_worker`: the limit only grows as turns start, and none
+        of the fan-out's turns starts before all are admitted. The caller
+        hands each lease to `give_back` when done with it.
+        """
+        deadline = asyncio.get_running_loop().time() + self.queue_timeout_s
+        return [Lease(w, deadline) for w in await self._acquire(None, None, deadline, count)]
+
+    def give_back(self, lease: Lease) -> None:
+        """Frees the lease's slot; idempotent."""
+        if lease.held:
+            lease.held = False
+            self._release(lease.worker)
 
     async def start_on(self, lease: Lease, start: Callable[[Worker], Awaitable[T]]) -> T:
         """`start(lease.worker)`, retried on overload within the queue deadline.
@@ -267,7 +294,7 @@ class WorkerPool:
             started = loop.time()
             try:
                 result = await start(worker)
-            except WorkerOverloaded:
+            except WorkerOverloaded as overloaded:
                 self._congested(worker, "refused")
                 delay = min(OVERLOAD_BACKOFF_MAX_S, OVERLOAD_BACKOFF_INITIAL_S * 2**attempt)
                 delay *= random.uniform(1 - OVERLOAD_BACKOFF_JITTER, 1 + OVERLOAD_BACKOFF_JITTER)
@@ -278,9 +305,16 @@ class WorkerPool:
                 lease.held = False
                 self._release(worker)
                 await asyncio.sleep(delay)  # backoff before the retry, not a synchronization
-                lease.worker = await self._acquire(None, worker, deadline)
+                try:
+                    (lease.worker,) = await self._acquire(None, worker, deadline)
+                except RateLimited:
+                    # Out of time (or queue room) for the retry: the answer is still
+                    # the overload, 503 with Retry-After, not a queue timeout.
+                    raise overloaded from None
                 lease.held = True
                 continue
+            except asyncio.CancelledError:
+                raise  # a client that left says nothing about the worker's load
             except BaseException:
                 if loop.time() - started > self._slow_s(worker):
                     self._congested(worker, "slow")
@@ -289,6 +323,7 @@ class WorkerPool:
                 self._congested(worker, "slow")
             else:
                 self._succeeded(worker)
+            worker.turn_started()  # may start its recycle: counted once the turn runs
             return result
 
     def move(self, lease: Lease, exclude: Callable[[Worker], bool]) -> Worker | None:
@@ -317,20 +352,27 @@ class WorkerPool:
         lease.held = True
         return best
 
-    async def _acquire(self, on: Worker | None, avoid: Worker | None, deadline: float) -> Worker:
+    async def _acquire(
+        self, on: Worker | None, avoid: Worker | None, deadline: float, count: int = 1
+    ) -> list[Worker]:
         if self.closing:
             self.observer.rejected("shutting_down")
-            raise ServiceUnavailable("codex-bridge is shutting down.", retry_after=5)
-        if self.ready_count == 0 or (on is not None and not on.ready):
+            raise ServiceUnavailable(
+                "codex-bridge is shutting down.", code=SHUTTING_DOWN, retry_after=5
+            )
+        if (self.ready_count == 0 and not self.recycling) or (on is not None and not on.ready):
             self.observer.rejected("no_worker")
             raise ServiceUnavailable("No Codex worker is ready; retry shortly.", retry_after=2)
         # Earlier waiters first: whatever slot is still free afterwards, none of them can use.
         self._dispatch()
-        worker = self._pick(on, avoid)
-        if worker is not None:
-            worker.active_turns += 1
+        # A queued fan-out keeps its place: a later arrival does not take the slots it waits for.
+        blocked = any(w.count > 1 for w in self._waiters)
+        picked = None if blocked else self._pick_many(on, avoid, count)
+        if picked is not None:
+            for worker in picked:
+                worker.active_turns += 1
             self.observer.waited(0.0)
-            return worker
+            return picked
         if len(self._waiters) >= self.queue_limit:
             self.observer.rejected("queue_full")
             raise RateLimited(
@@ -338,11 +380,11 @@ class WorkerPool:
                 f"{len(self._waiters)} queued. Retry shortly.",
                 retry_after=1,
             )
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), on, avoid)
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), on, avoid, count)
         self._waiters.append(waiter)
         try:
             async with asyncio.timeout_at(deadline):
-                worker = await waiter.future
+                picked = await waiter.future
         except TimeoutError:
             self._abandon(waiter)
             if self.ready_count == 0:
@@ -357,13 +399,14 @@ class WorkerPool:
             self._abandon(waiter)
             raise
         self.observer.waited(time.perf_counter() - waiter.queued_at)
-        return worker
+        return picked
 
     def _abandon(self, waiter: _Waiter) -> None:
         """A waiter that stopped waiting: leave the queue, and give back a slot handed to it."""
         future = waiter.future
         if future.done() and not future.cancelled() and future.exception() is None:
-            self._release(future.result())
+            for worker in future.result():
+                self._release(worker)
         else:
             future.cancel()
         try:
@@ -377,12 +420,44 @@ class WorkerPool:
             if waiter.future.done():
                 self._waiters.remove(waiter)
                 continue
-            worker = self._pick(waiter.on, waiter.avoid)
-            if worker is None:
+            picked = self._pick_many(waiter.on, waiter.avoid, waiter.count)
+            if picked is None:
+                if waiter.count > 1:
+                    break  # a fan-out keeps its place: later waiters do not starve it
                 continue  # a waiter bound to a busy worker does not block the others
-            worker.active_turns += 1
+            for worker in picked:
+                worker.active_turns += 1
             self._waiters.remove(waiter)
-            waiter.future.set_result(worker)
+            waiter.future.set_result(picked)
+
+    def _pick_many(
+        self, on: Worker | None, avoid: Worker | None, count: int
+    ) -> list[Worker] | None:
+        """`count` slots that are free now, or None; one slot follows `_pick`.
+
+        A fan-out's slots go to the least-loaded workers, within their adaptive
+        limits first, then past them up to `max_turns_per_worker` (see `take_slots`).
+        """
+        if count == 1:
+            worker = self._pick(on, avoid)
+            return None if worker is None else [worker]
+        load = {w.id: w.active_turns for w in self.workers}
+        picked: list[Worker] = []
+        for _ in range(count):
+            best: Worker | None = None
+            for worker in self.workers:
+                if not worker.ready or load[worker.id] >= self.max_turns_per_worker:
+                    continue
+                if best is None or (
+                    load[worker.id] < self.turn_limit(worker),
+                    -load[worker.id],
+                ) > (load[best.id] < self.turn_limit(best), -load[best.id]):
+                    best = worker
+            if best is None:
+                return None
+            load[best.id] += 1
+            picked.append(best)
+        return picked
 
     def _pick(self, on: Worker | None, avoid: Worker | None = None) -> Worker | None:
         best: Worker | None = None
@@ -414,7 +489,8 @@ class WorkerPool:
             if which(waiter) and not waiter.future.done():
                 self._waiters.remove(waiter)
                 self.observer.rejected(reason)
-                waiter.future.set_exception(ServiceUnavailable(message, retry_after=2))
+                code = SHUTTING_DOWN if reason == SHUTTING_DOWN else None
+                waiter.future.set_exception(ServiceUnavailable(message, code=code, retry_after=2))
 
     # -- adaptive concurrency (AIMD) ---------------------------------------------------
     def _fresh_capacity(self, pid: int | None) -> _Capacity:

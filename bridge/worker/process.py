@@ -123,6 +123,19 @@ class ChildProcess:
     def returncode(self) -> int | None:
         return self._proc.returncode
 
+    def rss_mb(self) -> float | None:
+        """The process's resident memory in MiB (Linux `/proc`), None where unknown."""
+        if self._proc.returncode is not None:
+            return None
+        try:
+            with open(f"/proc/{self._proc.pid}/status", encoding="ascii", errors="replace") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
     async def wait(self) -> int:
         return await self._proc.wait()
 

@@ -13,6 +13,16 @@ gracefully. Restarts use exponential backoff with jitter (reset after a
 healthy period); turns in flight when the process ends fail at once with
 `WorkerCrashed` through the driver.
 
+Recycling bounds a worker's memory (Codex 0.163 keeps every thread it ever
+ran, about 0.9 MB each, even after `thread/unsubscribe`; no call frees
+one): a process that has started `max_turns` turns, or whose resident
+memory passes `max_rss_mb` (checked at every health interval and every few
+turn starts), goes `DRAINING`: it takes no new turns, its running turns
+finish (for at most `drain_timeout_s`, the request deadline), then it is
+stopped gracefully and started again without backoff. Turns parked for a
+client's tool results hold no slot and do not delay it; their follow-ups
+replay. The pool queues requests meanwhile instead of refusing them.
+
 Knows processes and JSON-RPC. The Codex protocol (capabilities, dialect
 choice, thread routing, server requests, the probe) is behind `WorkerDriver`,
 injected by whoever builds the pool (`bridge.codex.dialect`); OpenAI shapes
@@ -24,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +63,35 @@ CLIENT_NAME: Final = "codex-bridge"
 BACKOFF_JITTER: Final = 0.2
 # Restart reasons after which the process is known to be hung: no stdin/SIGTERM grace.
 HUNG_REASONS: Final = frozenset({"unresponsive"})
+# Restart reasons of a planned recycle start with this (a metric label: recycle_max_turns).
+RECYCLE_PREFIX: Final = "recycle_"
+# Resident memory is also read every this many turn starts, not only per health
+# interval: under load a worker grows by tens of MB per second.
+RSS_CHECK_EVERY_TURNS: Final = 16
+
+
+# The worker's directory and any parent the supervisor recreates: owner only.
+PRIVATE_DIR_MODE: Final = 0o700
+
+
+def make_private_dirs(path: Path) -> None:
+    """Creates `path` and every missing parent 0700, whatever the umask.
+
+    `mkdir(parents=True)` gives the parents the umask's mode (0755 under the
+    usual 022), so a deleted `workdirs/` would come back readable by all.
+    """
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:
+            continue  # created meanwhile by someone else: theirs to keep
+        os.chmod(directory, PRIVATE_DIR_MODE)
 
 
 class RestartWanted(Exception):
@@ -67,6 +107,8 @@ class WorkerState(enum.Enum):
     READY = "ready"
     PROBING = "probing"
     """Alive but suspect (a request timed out): takes no new turns until a probe passes."""
+    DRAINING = "draining"
+    """Past its turn or memory bound: takes no new turns, restarts once its running ones end."""
     RESTARTING = "restarting"
     STOPPED = "stopped"
 
@@ -85,6 +127,12 @@ class WorkerConfig:
     health_interval_s: float
     stop_grace_s: float
     max_queued_events: int = 4096
+    max_turns: int = 0
+    """Turns one process may start before it is recycled (`codex.worker_max_turns`); 0 = no bound."""
+    max_rss_mb: int = 0
+    """Resident memory (MiB) past which a process is recycled (`codex.worker_max_rss_mb`); 0 = no bound."""
+    drain_timeout_s: float = 900.0
+    """How long a recycled process's running turns may take to finish (`codex.request_deadline_s`)."""
     """Events one turn may buffer unread (`codex.max_queued_events`); read by the driver."""
     prewarm_threads: int = 0
     """Started threads a worker keeps in stock (`codex.prewarm_threads`); read by the driver."""
@@ -150,7 +198,12 @@ class Worker:
         self.config = config
         self.driver = driver
         self.state = WorkerState.STOPPED
-        self.active_turns = 0
+        self._active_turns = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.turns_started = 0
+        """Turns started on the current process."""
+        self._recycle: str | None = None
         self.restarts = 0
         self.pid: int | None = None
         self.user_agent: str | None = None
@@ -182,6 +235,57 @@ class Worker:
     @property
     def ready(self) -> bool:
         return self.state is WorkerState.READY
+
+    @property
+    def recycling(self) -> bool:
+        """Draining or restarting for a planned recycle: it will be back, so wait for it."""
+        return self._recycle is not None
+
+    @property
+    def active_turns(self) -> int:
+        """Turn slots held on this worker (the pool takes and gives them)."""
+        return self._active_turns
+
+    @active_turns.setter
+    def active_turns(self, value: int) -> None:
+        self._active_turns = value
+        if value <= 0:
+            self._idle.set()
+        else:
+            self._idle.clear()
+
+    def turn_started(self) -> None:
+        """A turn started on this process: counts against its turn and memory bounds."""
+        self.turns_started += 1
+        config = self.config
+        if config.max_turns and self.turns_started >= config.max_turns:
+            self.recycle("max_turns")
+        elif config.max_rss_mb and self.turns_started % RSS_CHECK_EVERY_TURNS == 0:
+            self._check_memory()
+
+    def recycle(self, reason: str) -> None:
+        """Drain this process and start a new one (a planned restart, not a failure)."""
+        if self._recycle is not None or self.state not in (WorkerState.READY, WorkerState.PROBING):
+            return
+        self._recycle = reason
+        self._log.info(
+            "worker recycling",
+            reason=reason,
+            turns=self.turns_started,
+            running=self.active_turns,
+            pid=self.pid,
+        )
+        self._set_state(WorkerState.DRAINING)
+        self._probe_now.set()
+
+    def _check_memory(self) -> None:
+        proc = self._proc
+        rss = proc.rss_mb() if proc is not None else None
+        if rss is not None and rss > self.config.max_rss_mb:
+            self._log.info(
+                "worker memory above bound", rss_mb=round(rss), bound=self.config.max_rss_mb
+            )
+            self.recycle("max_rss")
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -239,9 +343,14 @@ class Worker:
             if self._stopping.is_set():
                 break
             self.restarts += 1
-            self._log.warning("worker restart", reason=reason, restarts=self.restarts)
             if self._observer is not None:
                 self._observer.restarted(reason)
+            if reason.startswith(RECYCLE_PREFIX):
+                self._log.info("worker recycled", reason=reason, restarts=self.restarts)
+                backoff = self.config.backoff_initial_s  # planned: nothing to back off from
+                continue
+            self._recycle = None  # a failed process is not coming back on schedule
+            self._log.warning("worker restart", reason=reason, restarts=self.restarts)
             if time.monotonic() - started >= self.config.healthy_reset_s:
                 backoff = self.config.backoff_initial_s
             else:
@@ -254,7 +363,7 @@ class Worker:
         try:
             # An operator or a cleanup job may have removed it; a cwd that does
             # not exist fails the spawn (and on Codex 0.77 every turn).
-            workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(workdir)
         except OSError as exc:
             self._log.error("worker directory unusable", error=str(exc), path=str(workdir))
             return "spawn_failed"
@@ -266,6 +375,7 @@ class Worker:
             return "spawn_failed"
         self._proc = proc
         self.pid = proc.pid
+        self.turns_started = 0
         conn = RpcConnection(
             proc.stdout,
             proc.stdin,
@@ -303,6 +413,7 @@ class Worker:
                 dialect=self.dialect,
             )
             self._ready.set()
+            self._recycle = None
             self._set_state(WorkerState.READY)
             health = asyncio.create_task(self._probe_health(conn), name=f"health-{self.id}")
             closed = asyncio.create_task(conn.wait_closed())
@@ -367,12 +478,33 @@ class Worker:
                 async with asyncio.timeout(self.config.health_interval_s):
                     await self._probe_now.wait()
             self._probe_now.clear()
+            if self._recycle is not None:
+                return await self._drain()
             reason = await self._check(conn)
             if reason is not None:
                 return reason
+            if self.config.max_rss_mb:
+                self._check_memory()
+                if self._recycle is not None:
+                    continue
             if self.state is WorkerState.PROBING:
                 self._log.info("worker probe passed; ready again")
                 self._set_state(WorkerState.READY)
+
+    async def _drain(self) -> str:
+        """Waits (bounded) until no turn runs on this process; returns the restart reason."""
+        assert self._recycle is not None
+        reason = RECYCLE_PREFIX + self._recycle
+        try:
+            async with asyncio.timeout(self.config.drain_timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            self._log.warning(
+                "worker drain timed out; restarting with turns still running",
+                running=self.active_turns,
+                timeout_s=self.config.drain_timeout_s,
+            )
+        return reason
 
     async def _check(self, conn: RpcConnection) -> str | None:
         """One health check: None when the worker can run turns, else why it cannot."""

@@ -10,8 +10,10 @@ tenth carrying a fake credential), --crash-after-init (exit 3 right after
 answering initialize), --no-init (never answer initialize), --hang-health
 (never answer thread/loaded/list or thread/start), --max-threads K (answer
 thread/start with the app-server's overload error -32001 while K threads
-are open), --ignore-term (survive SIGTERM and stdin EOF). Stdlib only, so
-it starts fast.
+are open), --ignore-term (survive SIGTERM and stdin EOF), --turn-start-ms
+MS (send turn/started at once but answer turn/start only after MS). The
+method fake/turns lists the turns started and the threads interrupted.
+Stdlib only, so it starts fast.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def main() -> int:
     parser.add_argument("--ignore-term", action="store_true")
     parser.add_argument("--no-init", action="store_true")
     parser.add_argument("--max-threads", type=int, default=-1)
+    parser.add_argument("--turn-start-ms", type=int, default=0)
     args = parser.parse_args()
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -66,6 +69,8 @@ def main() -> int:
         sys.stderr.write(f"stderr line {i}{secret} " + "x" * 100 + "\n")
     sys.stderr.flush()
     open_threads: set[str] = set()
+    started_turns: list[str] = []
+    interrupted: list[str] = []
     thread_ids = iter(range(1, 1 << 30))
 
     answers: dict[int, object] = {}
@@ -137,9 +142,20 @@ def main() -> int:
             open_threads.add(thread_id)
             send({"id": mid, "result": {"thread": {"id": thread_id}}})
         elif method == "turn/start":
-            send({"id": mid, "result": {"turn": {"id": f"turn_{params.get('threadId')}"}}})
+            thread_id = str(params.get("threadId"))
+            answer = {"id": mid, "result": {"turn": {"id": f"turn_{thread_id}"}}}
+            started_turns.append(f"turn_{thread_id}")
+            if args.turn_start_ms:
+                turn = {"id": f"turn_{thread_id}", "status": "inProgress"}
+                send({"method": "turn/started", "params": {"threadId": thread_id, "turn": turn}})
+                threading.Timer(args.turn_start_ms / 1000, send, args=(answer,)).start()
+            else:
+                send(answer)
+        elif method == "fake/turns":
+            send({"id": mid, "result": {"started": started_turns, "interrupted": interrupted}})
         elif method == "turn/interrupt":
             thread_id = str(params.get("threadId"))
+            interrupted.append(thread_id)
             turn = {"id": f"turn_{thread_id}", "status": "interrupted", "error": None}
             send({"method": "turn/completed", "params": {"threadId": thread_id, "turn": turn}})
             send({"id": mid, "result": {}})

@@ -61,10 +61,10 @@ async def test_freed_slots_go_to_waiters_in_arrival_order_when_new_requests_keep
         served: list[str] = []
 
         async def client(name: str) -> None:
-            async with pool.lease():
+            async with pool.lease_slot():
                 served.append(name)
 
-        holder = pool.lease()
+        holder = pool.lease_slot()
         await holder.__aenter__()
         queued = []
         for count, name in enumerate(("a", "b", "c"), start=1):
@@ -84,9 +84,9 @@ async def test_a_waiter_that_gives_up_leaves_no_slot_behind(tmp_path: Path) -> N
     async with running(
         [fake_config(tmp_path)], seen, max_turns_per_worker=1, queue_timeout_s=0.3
     ) as pool:
-        async with pool.lease():
+        async with pool.lease_slot():
             with pytest.raises(RateLimited):
-                async with pool.lease():
+                async with pool.lease_slot():
                     pass
             cancelled = asyncio.create_task(_lease_once(pool))
             await wait_until(lambda: pool.waiting == 1, timeout=WAIT_S)
@@ -95,12 +95,12 @@ async def test_a_waiter_that_gives_up_leaves_no_slot_behind(tmp_path: Path) -> N
                 await cancelled
         assert pool.waiting == 0 and pool.active_turns == 0
         assert "queue_timeout" in seen.rejections
-        async with pool.lease() as worker:
-            assert worker.active_turns == 1
+        async with pool.lease_slot() as lease:
+            assert lease.worker.active_turns == 1
 
 
 async def _lease_once(pool: WorkerPool) -> None:
-    async with pool.lease():
+    async with pool.lease_slot():
         pass
 
 

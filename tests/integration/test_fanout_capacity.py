@@ -138,9 +138,10 @@ async def test_a_fanout_starts_no_turn_until_it_holds_every_slot_it_needs(
                 },
             )
         )
-        # Two slots are free, the third is not: the fan-out waits for it...
+        # Two slots are free, the third is not: the fan-out waits for it, holding
+        # none of the free ones meanwhile (all or nothing)...
         await wait_until(lambda: small.pool.waiting == 1, timeout=WAIT_S)
-        assert small.pool.active_turns == SLOTS
+        assert small.pool.active_turns == 1
         # ...without having started any of its turns.
         assert model_saw(small, fanout_mark) == 0
         holder.cancel()

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from bridge.demo import DEMO_MODEL_ID
+from tests.contract.test_tool_calls import ASK, TOOLS, follow_up
 from tests.harness import RunningBridge, bridge_test_settings, running_bridge
 from tests.images import ImageServer, bomb_png, data_url, png, serving_images
 
@@ -225,3 +226,25 @@ async def test_remote_image_on_loopback_is_refused_by_the_ssrf_guard_without_an_
     assert "SSRF" in error["message"] and "loopback" in error["message"]
     assert len(image_server.hits) == hits_before
     assert images_seen_by_model(bridge, mark) is None
+
+
+async def test_follow_up_that_resumes_a_parked_turn_fetches_none_of_its_history_images(
+    fetching: RunningBridge, image_server: ImageServer
+) -> None:
+    messages: list[Any] = image_message(f"{marker()} {ASK}", f"{image_server.base_url}/pixel.png")
+    async with sdk(fetching) as client:
+        first = await client.chat.completions.create(
+            model=DEMO_MODEL_ID, messages=messages, tools=TOOLS
+        )
+        message = first.choices[0].message
+        (call,) = message.tool_calls or []
+        hits_after_first = len(image_server.hits)
+        upstream_before = len(fetching.demo.requests)
+        resumed = await client.chat.completions.create(
+            model=DEMO_MODEL_ID,
+            messages=follow_up(messages, message, {call.id: "Rain"}),
+            tools=TOOLS,
+        )
+    assert resumed.choices[0].message.content == "Tool results: Rain"
+    assert len(fetching.demo.requests) == upstream_before + 1  # the parked turn went on
+    assert len(image_server.hits) == hits_after_first  # its history's image was not fetched again

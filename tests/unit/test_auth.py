@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from pathlib import Path
 
@@ -9,23 +10,30 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from bridge.config import ConfigError
 from bridge.errors import AuthenticationFailed, PermissionDenied
 from bridge.ops.access import ACCESS, AccessRecord
 from bridge.ops.auth import AUTH, AuthPolicy, KeyFormatError, KeyStore, parse_key_entry, verify
+from bridge.ops.usage import row_for
+from bridge.server import run
+from bridge.store import ANONYMOUS_OWNER
+from tests.harness import bridge_test_settings
 
 
 def test_key_entries_parse_with_optional_name_and_limit() -> None:
-    plain = parse_key_entry("sk-abcdefgh", default_name="key1")
-    named = parse_key_entry("ci:sk-abcdefgh", default_name="key2")
-    limited = parse_key_entry("ide:sk-abcdefgh:3", default_name="key3")
-    assert (plain.name, plain.max_concurrent) == ("key1", None)
+    plain = parse_key_entry("sk-abcdefgh")
+    named = parse_key_entry("ci:sk-abcdefgh")
+    limited = parse_key_entry("ide:sk-abcdefgh:3")
+    assert (plain.name, plain.max_concurrent) == (f"key-{plain.fingerprint}", None)
     assert named.name == "ci"
     assert limited.max_concurrent == 3
     assert plain.fingerprint == named.fingerprint  # same key, same fingerprint
     assert "sk-abcdefgh" not in repr(limited)
 
 
-@pytest.mark.parametrize("entry", ["short", "a:b:c:d", "n:sk-abcdefgh:zero", "n:sk-abcdefgh:0"])
+@pytest.mark.parametrize(
+    "entry", ["short", "a:b:c:d", "n:sk-abcdefgh:zero", "n:sk-abcdefgh:0", ":sk-abcdefgh"]
+)
 def test_bad_key_entries_are_rejected(entry: str) -> None:
     with pytest.raises(KeyFormatError):
         parse_key_entry(entry, default_name="k")
@@ -164,3 +172,64 @@ def test_every_path_but_the_public_ones_needs_a_key() -> None:
         assert policy.protects(path), path
     for path in ("/healthz", "/readyz", "/metrics", "/auth/verify", "/v1/models"):
         assert not policy.protects(path), path
+
+
+# --- one owner per key: names unique and stable (review item 1) ---------------------------
+
+STARTUP_BOUND_S = 60.0
+
+
+def test_unnamed_keys_keep_their_names_when_another_entry_is_removed() -> None:
+    before = KeyStore.from_sources(["key3:sk-aaaaaaaa", "sk-bbbbbbbb", "sk-cccccccc"], None, {})
+    after = KeyStore.from_sources(["key3:sk-aaaaaaaa", "sk-cccccccc"], None, {})
+    names = {
+        k.name
+        for k in (before.lookup(s) for s in ("sk-aaaaaaaa", "sk-bbbbbbbb", "sk-cccccccc"))
+        if k
+    }
+    assert len(names) == 3  # the explicit key3 and the unnamed third key no longer collide
+    c_before, c_after = before.lookup("sk-cccccccc"), after.lookup("sk-cccccccc")
+    assert c_before is not None and c_after is not None
+    assert c_before.name == c_after.name == f"key-{c_before.fingerprint}"
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        ["ci:sk-aaaaaaaa", "ci:sk-bbbbbbbb"],
+        ["ci:sk-aaaaaaaa", "other:sk-aaaaaaaa"],  # one key under two names
+    ],
+)
+def test_loading_keys_fails_as_a_config_error_when_names_or_keys_repeat(
+    entries: list[str], tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        KeyStore.from_sources(entries, None, {})
+    assert "sk-aaaaaaaa" not in str(raised.value)
+
+
+def test_duplicate_key_names_across_env_and_keys_file_are_refused(tmp_path: Path) -> None:
+    keys_file = tmp_path / "api-keys"
+    keys_file.write_text("ci:sk-from-file-123\n")
+    with pytest.raises(KeyFormatError, match="'ci'"):
+        KeyStore.from_sources(["ci:sk-from-env-123"], str(keys_file), {})
+
+
+async def test_startup_exits_2_when_two_keys_share_a_name(tmp_path: Path) -> None:
+    settings = bridge_test_settings(
+        tmp_path / "home", **{"auth.api_keys": ["ci:sk-aaaaaaaa", "ci:sk-bbbbbbbb"]}
+    )
+    # Bounded: without the check the bridge would start and wait for a stop.
+    assert await asyncio.wait_for(run(settings, stop=asyncio.Event()), STARTUP_BOUND_S) == 2
+
+
+def test_usage_rows_of_anonymous_callers_use_the_store_owner_never_a_key_name() -> None:
+    anonymous = row_for(AccessRecord(request_id="r", started=0.0, model="m", turns=1), "e", 200)
+    named = row_for(
+        AccessRecord(request_id="r", started=0.0, model="m", turns=1, key_name="anonymous"),
+        "e",
+        200,
+    )
+    assert anonymous is not None and named is not None
+    assert anonymous.key_name == ANONYMOUS_OWNER
+    assert named.key_name != anonymous.key_name

@@ -6,14 +6,25 @@ Sizes are read from headers built here; fetches go to a tiny server on
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import struct
 
 import pytest
 
-from bridge.api.images import FetchPolicy, check_image, checked_data_url, fetch_image, sniff
+from bridge.api.conversation import ImageRef, Said, with_checked_images
+from bridge.api.images import (
+    FetchPolicy,
+    RemoteFetches,
+    check_image,
+    checked_data_url,
+    fetch_image,
+    sniff,
+)
 from bridge.config import ImageSettings
-from bridge.errors import InvalidRequest
+from bridge.errors import InvalidRequest, ServiceUnavailable
+from tests.harness import wait_until
 from tests.images import bomb_png, data_url, png, serving_images
 
 SETTINGS = ImageSettings()
@@ -138,9 +149,57 @@ async def test_data_url_with_a_wrong_declared_type_is_passed_on_with_the_real_on
     ],
 )
 def test_fetch_policy_refuses_non_public_and_metadata_addresses(address: str, why: str) -> None:
-    refusal = FetchPolicy(()).refusal("img.example", ipaddress.ip_address(address))
+    verdict = FetchPolicy(()).verdict("img.example", ipaddress.ip_address(address))
+    assert verdict is not None and why in verdict
+    refusal = FetchPolicy(()).refusal(address, ipaddress.ip_address(address))
     assert refusal is not None
     assert why in refusal and "SSRF" in refusal
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("::127.0.0.1", "carrying an IPv4"),  # IPv4-compatible (deprecated)
+        ("::ffff:0:127.0.0.1", "carrying an IPv4"),  # IPv4-translated
+        ("64:ff9b:1::7f00:1", "carrying an IPv4"),  # RFC 8215 local-use NAT64
+        ("::8.8.8.8", "carrying an IPv4"),  # refused outright, public or not
+        ("64:ff9b::7f00:1", "loopback"),  # NAT64 well-known prefix, unwrapped
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback"),  # Teredo client 127.0.0.1
+        ("::ffff:169.254.169.254", "metadata"),
+    ],
+)
+def test_fetch_policy_refuses_ipv6_forms_when_they_carry_a_non_public_ipv4_address(
+    address: str, why: str
+) -> None:
+    verdict = FetchPolicy(()).verdict("img.example", ipaddress.ip_address(address))
+    assert verdict is not None and why in verdict
+
+
+def test_fetch_policy_judges_the_embedded_ipv4_address_when_it_is_public() -> None:
+    policy = FetchPolicy(())
+    assert policy.verdict("img.example", ipaddress.ip_address("::ffff:8.8.8.8")) is None
+    assert policy.verdict("img.example", ipaddress.ip_address("64:ff9b::808:808")) is None
+
+
+def test_an_allowed_mapped_network_does_not_unlock_the_metadata_address_inside_it() -> None:
+    mapped = FetchPolicy(("::ffff:169.254.0.0/112",))
+    assert mapped.verdict("x", ipaddress.ip_address("::ffff:169.254.169.254")) is not None
+    assert mapped.verdict("x", ipaddress.ip_address("169.254.169.254")) is not None
+    # Networks match the IPv4 address reached, whatever IPv6 form carries it.
+    link_local = FetchPolicy(("169.254.0.0/16",))
+    assert link_local.verdict("x", ipaddress.ip_address("::ffff:169.254.1.1")) is None
+    assert link_local.verdict("x", ipaddress.ip_address("::ffff:169.254.169.254")) is not None
+    six_to_four = FetchPolicy(("2002::/16",))
+    assert six_to_four.verdict("x", ipaddress.ip_address("2002:7f00:1::")) is not None
+    exact = FetchPolicy(("::127.0.0.1",))
+    assert exact.verdict("x", ipaddress.ip_address("::127.0.0.1")) is None
+
+
+def test_refusal_of_a_host_name_does_not_tell_the_client_its_internal_address() -> None:
+    refusal = FetchPolicy(()).refusal("intranet.corp", ipaddress.ip_address("10.1.2.3"))
+    assert refusal is not None
+    assert "intranet.corp resolves to a non-public address" in refusal
+    assert "10.1.2.3" not in refusal and "private" not in refusal
 
 
 def test_fetch_policy_allows_listed_hosts_and_networks_but_not_metadata_in_a_wide_one() -> None:
@@ -159,7 +218,8 @@ async def test_a_host_name_resolving_to_loopback_is_refused_without_connecting()
         with pytest.raises(InvalidRequest) as caught:
             await fetch_image(f"http://localhost:{server.port}/pixel.png", "p", SETTINGS)
         assert caught.value.code == "invalid_image_url"
-        assert "loopback" in caught.value.message and "SSRF" in caught.value.message
+        assert "non-public address" in caught.value.message and "SSRF" in caught.value.message
+        assert "127.0.0.1" not in caught.value.message  # the resolved address stays in the log
         assert server.hits == []
 
 
@@ -200,3 +260,60 @@ async def test_remote_images_switched_off_are_invalid_image_url() -> None:
         assert server.hits == []
     assert caught.value.code == "invalid_image_url"
     assert "images.fetch_remote" in caught.value.message
+
+
+# --- fetches bounded bridge-wide and per request (review item 2) ---------------------------
+
+# Longer than any fetch here takes; the stalled fetch is cancelled, never timed out.
+STALL_TIMEOUT_S = 60.0
+SLOT_WAIT_S = 0.5
+SETTLE_S = 10.0
+
+
+async def test_a_fetch_beyond_the_bridge_wide_bound_waits_then_is_503_without_connecting() -> None:
+    settings = ImageSettings(fetch_allow=("127.0.0.1",), fetch_timeout_s=STALL_TIMEOUT_S)
+    fetches = RemoteFetches(1, wait_s=SLOT_WAIT_S)
+    async with serving_images() as server:
+        stalled = asyncio.create_task(
+            fetch_image(f"{server.base_url}/stall.png", "p", settings, fetches=fetches)
+        )
+        try:
+            await wait_until(lambda: server.hits == ["/stall.png"], timeout=SETTLE_S)
+            assert fetches.in_use == 1
+            with pytest.raises(ServiceUnavailable) as caught:
+                await fetch_image(f"{server.base_url}/pixel.png", "p", settings, fetches=fetches)
+            assert caught.value.code == "server_busy" and caught.value.retry_after is not None
+            assert server.hits == ["/stall.png"]  # the refused fetch never connected
+        finally:
+            stalled.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stalled
+        assert fetches.in_use == 0
+        # The freed slot serves the next fetch.
+        url = await fetch_image(f"{server.base_url}/pixel.png", "p", settings, fetches=fetches)
+        assert url == data_url(png())
+
+
+async def test_a_requests_remote_images_are_400_when_together_above_max_total_bytes() -> None:
+    padded = png() + b"\x00" * 700  # bytes after IEND: still a valid PNG header
+    settings = ImageSettings(fetch_allow=("127.0.0.1",), max_total_bytes=1024)
+    fetches = RemoteFetches(8, wait_s=SLOT_WAIT_S)
+    async with serving_images(pixel=padded) as server:
+        one = [Said("user", "look", (ImageRef(f"{server.base_url}/pixel.png", "img0"),))]
+        checked = await with_checked_images(one, settings, param="messages", fetches=fetches)
+        assert isinstance(checked[0], Said) and checked[0].images[0].checked
+        two = [
+            Said(
+                "user",
+                "look",
+                (
+                    ImageRef(f"{server.base_url}/pixel.png", "img0"),
+                    ImageRef(f"{server.base_url}/pixel.png?again", "img1"),
+                ),
+            )
+        ]
+        with pytest.raises(InvalidRequest) as caught:
+            await with_checked_images(two, settings, param="messages", fetches=fetches)
+    assert caught.value.code == "invalid_image_url"
+    assert "total more than 1024 bytes" in caught.value.message
+    assert fetches.in_use == 0
