@@ -26,6 +26,7 @@ from bridge.appkeys import ACCOUNT, ACCOUNTS
 from bridge.config import Settings
 from bridge.demo import DEMO_MODEL_ID
 from tests.harness import RunningBridge, bridge_test_settings, running_bridge, wait_until
+from tests.processes import bridge_argv, run_to_exit
 
 CLI_TIMEOUT_S: Final = 60.0
 # Far below the minute and more that a signed-out Codex spends retrying the OpenAI endpoint.
@@ -36,25 +37,9 @@ RESTART_TIMEOUT_S: Final = 30.0
 async def cli(
     *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
 ) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
+    return await run_to_exit(
+        bridge_argv(*args), env={**os.environ, **(env or {})}, timeout_s=CLI_TIMEOUT_S, stdin=stdin
     )
-    try:
-        async with asyncio.timeout(CLI_TIMEOUT_S):
-            out, err = await proc.communicate(stdin)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def account_settings(tmp_path: Path, **overrides: Any) -> Settings:

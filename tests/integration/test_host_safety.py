@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from bridge.codex.selfcheck import SelfCheckFailed
 from bridge.config import ConfigError
 from bridge.demo import DEMO_MODEL_ID, DemoModel
 from tests.harness import RunningBridge, bridge_test_settings, running_bridge
+from tests.processes import clean_env, run_to_exit, serve_argv
 
 LEGACY_CODEX = (
     Path(__file__).resolve().parents[2] / ".codex-legacy" / "node_modules" / ".bin" / "codex"
@@ -136,34 +136,13 @@ async def test_plain_refuses_to_start_when_an_override_turns_a_host_tool_back_on
 async def test_daemon_exits_2_when_the_self_check_finds_host_tools_in_plain_on_0_163(
     tmp_path: Path,
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
-        "serve",
-        "--demo",
-        "--port",
-        "0",
-        "--codex-home",
-        str(tmp_path / "home"),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--codex-config",
-        "features.view_image=true",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
+    argv = serve_argv(
+        tmp_path / "state", tmp_path / "home", "--codex-config", "features.view_image=true"
     )
-    try:
-        async with asyncio.timeout(REFUSAL_TIMEOUT_S):
-            out, _ = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 2, out.decode()
-    refusal = [orjson.loads(line) for line in out.splitlines() if b"refusing to start" in line]
+    code, out, err = await run_to_exit(argv, env=clean_env(), timeout_s=REFUSAL_TIMEOUT_S)
+    assert code == 2, out + err
+    lines = (out + err).splitlines()
+    refusal = [orjson.loads(line) for line in lines if "refusing to start" in line]
     assert refusal and "view_image" in refusal[0]["reason"]
 
 

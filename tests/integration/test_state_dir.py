@@ -8,9 +8,7 @@ them, and starting the second wiped the first's worker cwd.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +19,7 @@ import orjson
 
 from bridge.demo import DEMO_MODEL_ID
 from tests.harness import bridge_test_settings, running_bridge
+from tests.processes import clean_env, run_to_exit, serve_argv
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
@@ -67,22 +66,11 @@ async def test_bridges_with_sibling_codex_homes_share_no_workdir_and_no_database
     assert (tmp_path / "state-b" / "bridge.sqlite3").is_file()
 
 
-def _serve_argv(state_dir: Path, codex_home: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "bridge", "serve", "--demo", "--port", "0",
-        "--state-dir", str(state_dir), "--codex-home", str(codex_home),
-    ]  # fmt: skip
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-
-
 @asynccontextmanager
 async def serving(state_dir: Path, codex_home: Path) -> AsyncIterator[tuple[int, str]]:
     """A real `codex-bridge serve` process, listening with a ready worker; yields (pid, url)."""
     proc = await asyncio.create_subprocess_exec(
-        *_serve_argv(state_dir, codex_home), stdout=asyncio.subprocess.PIPE, env=_clean_env()
+        *serve_argv(state_dir, codex_home), stdout=asyncio.subprocess.PIPE, env=clean_env()
     )
     assert proc.stdout is not None
     try:
@@ -111,21 +99,10 @@ async def serving(state_dir: Path, codex_home: Path) -> AsyncIterator[tuple[int,
 
 
 async def refused(state_dir: Path, codex_home: Path) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *_serve_argv(state_dir, codex_home),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=_clean_env(),
+    code, _, err = await run_to_exit(
+        serve_argv(state_dir, codex_home), env=clean_env(), timeout_s=REFUSAL_TIMEOUT_S
     )
-    try:
-        async with asyncio.timeout(REFUSAL_TIMEOUT_S):
-            _, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, err.decode()
+    return code, err
 
 
 async def test_a_second_serve_on_the_same_state_dir_or_codex_home_exits_2_naming_the_pid(
