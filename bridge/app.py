@@ -46,8 +46,9 @@ from bridge.ops.admission import KEY_LIMITS, KeyLimits
 from bridge.ops.auth import AUTH, auth_middleware, build_policy, metrics_guard
 from bridge.ops.metrics import Metrics
 from bridge.ops.statedir import StateLayout, prepare_state, private_dir
+from bridge.redis_store import RedisResponseStore
 from bridge.retention import RETENTION, Retention
-from bridge.store import SqliteResponseStore
+from bridge.store import ResponseStore, SqliteResponseStore
 from bridge.worker.launch import (
     CodexFlavor,
     codex_version,
@@ -173,7 +174,20 @@ async def _state_ctx(app: web.Application, env: Mapping[str, str]) -> AsyncItera
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = SqliteResponseStore(app[STATE].store_path, ttl_s=settings.store.ttl_days * 24 * 3600)
+    ttl_s = settings.store.ttl_days * 24 * 3600
+    store: ResponseStore
+    if settings.store.url:
+        # Shared by every instance; the usage ledger stays in this instance's SQLite file.
+        shared = RedisResponseStore(settings.store.url, ttl_s=ttl_s)
+        shared.on_change = app[METRICS].store_up.set
+        store = shared
+    else:
+        store = SqliteResponseStore(app[STATE].store_path, ttl_s=ttl_s)
+    up = await store.ping()
+    app[METRICS].store_up.set(up)
+    if not up:
+        # Not fatal: chat without previous_response_id works, and the store comes back by itself.
+        log.warning("response store unreachable at startup", url=settings.store.url)
     app[STORE] = store
     yield
     await store.close()

@@ -122,8 +122,16 @@ class AuthSettings(_Frozen):
 
 class StoreSettings(_Frozen):
     path: str | None = None
+    url: str | None = None
     ttl_days: Annotated[float, Field(gt=0)] = 30.0
     purge_interval_s: Annotated[float, Field(gt=0)] = 3600.0
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return value or None
 
 
 class ImageSettings(_Frozen):
@@ -431,6 +439,12 @@ FIELDS: Final = (
         "path",
         "BRIDGE_STORE_PATH",
         "SQLite file of stored responses and the usage ledger; empty means `bridge.sqlite3` in the state directory.",
+    ),
+    FieldDoc(
+        "store",
+        "url",
+        "BRIDGE_STORE_URL",
+        "Redis URL of a response store shared by several instances (`redis://host:6379/0`); empty keeps stored responses in the SQLite file.",
     ),
     FieldDoc(
         "store",

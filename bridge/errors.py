@@ -19,7 +19,8 @@ Each leaf maps to exactly one ``(status, type, code)``::
     ├── WorkerCrashed                   502 server_error           worker_crashed
     ├── Unauthorized upstream           502 server_error           upstream_unauthorized
     ├── ServiceUnavailable              503 server_error           worker_unavailable
-    │   └── WorkerOverloaded            503 server_error           server_is_overloaded
+    │   ├── WorkerOverloaded            503 server_error           server_is_overloaded
+    │   └── StoreUnavailable            503 server_error           store_unavailable
     └── DeadlineExceeded                504 server_error           timeout
 
 Knows nothing about aiohttp or Codex: only statuses, types, codes and messages.
@@ -162,6 +163,12 @@ class WorkerOverloaded(ServiceUnavailable):
     """Codex (or its model provider) refused work for now: backpressure, always with Retry-After."""
 
     default_code = "server_is_overloaded"
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The shared response store (Redis) does not answer: stored responses cannot be read or kept."""
+
+    default_code = "store_unavailable"
 
 
 class DeadlineExceeded(BridgeError):

@@ -41,7 +41,10 @@ class Retention:
         self._interval_s = interval_s
 
     async def run(self) -> None:
-        self._metrics.stored_responses.set(await self._store.count())
+        try:
+            self._metrics.stored_responses.set(await self._store.count())
+        except Exception as exc:  # a shared store down at startup: the next pass counts
+            log.warning("stored responses not counted", error=repr(exc))
         while True:
             await asyncio.sleep(self._interval_s)
             try:

@@ -1,7 +1,8 @@
 """`/healthz` (the process answers) and `/readyz` (a worker is ready to take turns).
 
 Traefik health-checks `/readyz`, so it turns 503 while no worker is ready and
-while the bridge drains on shutdown.
+while the bridge drains on shutdown. Its `store` field says whether the
+response store answers (a shared Redis can be down while the workers serve).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from bridge.appkeys import POOL
+from bridge.appkeys import POOL, STORE
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -26,6 +27,10 @@ async def readyz(request: web.Request) -> web.Response:
         "dialect": sorted({w.dialect for w in pool.workers if w.ready}),
         "active_turns": pool.active_turns,
         "queued": pool.waiting,
+        # A shared store (Redis) that does not answer leaves the instance ready: chat
+        # without previous_response_id still works, so taking it out of rotation would
+        # turn a partial outage into a total one. The body says what is missing.
+        "store": "ok" if await request.app[STORE].ping() else "unavailable",
     }
     status = 200 if body["status"] == "ready" else 503
     headers = {} if status == 200 else {"Retry-After": "2"}

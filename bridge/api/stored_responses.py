@@ -42,7 +42,7 @@ from bridge.api.schemas import (
 from bridge.api.turns import TurnSession, caller_of
 from bridge.api.validation import parse_json_body
 from bridge.appkeys import CATALOG, STORE
-from bridge.errors import InvalidRequest, NotFound
+from bridge.errors import InvalidRequest, NotFound, StoreUnavailable
 from bridge.retention import RETENTION
 from bridge.store import StoredResponse
 from bridge.tokens import count_tokens
@@ -168,7 +168,7 @@ def saver(
         )
         try:
             await app[STORE].put(record)
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, StoreUnavailable) as exc:
             # The answer still goes out; only retrieval and continuation are lost.
             log.error("response not stored", response=renderer.id, error=repr(exc))
             return

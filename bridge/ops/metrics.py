@@ -198,6 +198,11 @@ class Metrics:
             "Responses in the response store (counted at startup and after each purge).",
             registry=r,
         )
+        self.store_up = Gauge(
+            "codex_bridge_store_up",
+            "1 while the response store answers (always, for SQLite), 0 while a shared one (Redis) does not.",
+            registry=r,
+        )
         self.store_purged = Counter(
             "codex_bridge_store_purged",
             "Expired stored responses removed, and Codex threads deleted with them.",
