@@ -60,8 +60,10 @@ class RedisServer:
                 str(self._dir),
                 "--save",
                 "",
+                # Kept on disk, so a restarted server has what it had: recovery tests
+                # continue responses from before the outage.
                 "--appendonly",
-                "no",
+                "yes",
                 "--protected-mode",
                 "yes",
             ],

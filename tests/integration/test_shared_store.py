@@ -1,0 +1,117 @@
+"""Bridges on a shared Redis store (`store.url`), against a real redis-server on loopback.
+
+One bridge keeps its responses in Redis and continues them; Redis taken away
+mid-run costs continuation (503) but not plain chat, `/readyz` and the
+metrics say so, and Redis brought back is used again without restarting the
+bridge. Two bridges sharing one Redis continue each other's responses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis.asyncio as redis
+
+from bridge.demo import DEMO_MODEL_ID
+from bridge.redis_store import KEY_PREFIX
+from tests.harness import bridge_test_settings, running_bridge
+from tests.redis_server import RedisServer
+
+
+async def _post(
+    http: aiohttp.ClientSession, url: str, body: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    async with http.post(url, json=body) as resp:
+        return resp.status, await resp.json()
+
+
+async def _respond(
+    http: aiohttp.ClientSession, base: str, text: str, previous: str | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": DEMO_MODEL_ID, "input": text}
+    if previous is not None:
+        body["previous_response_id"] = previous
+    status, answer = await _post(http, f"{base}/v1/responses", body)
+    assert status == 200, answer
+    return answer
+
+
+def _text(response: dict[str, Any]) -> str:
+    return "".join(
+        part["text"]
+        for item in response["output"]
+        if item["type"] == "message"
+        for part in item["content"]
+        if part["type"] == "output_text"
+    )
+
+
+async def _readyz(http: aiohttp.ClientSession, base: str) -> tuple[int, dict[str, Any]]:
+    async with http.get(f"{base}/readyz") as resp:
+        return resp.status, await resp.json()
+
+
+async def _store_up(http: aiohttp.ClientSession, base: str) -> float:
+    async with http.get(f"{base}/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith("codex_bridge_store_up "):
+                return float(line.split()[1])
+    raise AssertionError("codex_bridge_store_up not exported")
+
+
+async def test_a_bridge_with_store_url_keeps_responses_in_redis_and_continues_them(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    settings = bridge_test_settings(tmp_path / "home", **{"store.url": redis_server.url})
+    async with running_bridge(settings) as bridge, aiohttp.ClientSession() as http:
+        first = await _respond(http, bridge.base_url, "first [[reply=one]]")
+        probe = redis.Redis.from_url(redis_server.url)
+        try:
+            assert await probe.exists(f"{KEY_PREFIX}resp:{first['id']}") == 1
+        finally:
+            await probe.aclose()
+        second = await _respond(http, bridge.base_url, "second [[echo_input]]", first["id"])
+        seen = _text(second).splitlines()
+        assert "user: first [[reply=one]]" in seen and "assistant: one" in seen
+        status, ready = await _readyz(http, bridge.base_url)
+        assert status == 200 and ready["store"] == "ok"
+
+
+async def test_redis_down_refuses_continuation_serves_plain_chat_and_recovers_when_it_returns(
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
+    settings = bridge_test_settings(tmp_path / "home", **{"store.url": own_redis.url})
+    async with running_bridge(settings) as bridge, aiohttp.ClientSession() as http:
+        base = bridge.base_url
+        before = await _respond(http, base, "kept [[reply=kept]]")
+        own_redis.stop()
+
+        status, error = await _post(
+            http,
+            f"{base}/v1/responses",
+            {"model": DEMO_MODEL_ID, "input": "more", "previous_response_id": before["id"]},
+        )
+        assert status == 503
+        assert error["error"]["code"] == "store_unavailable"
+        assert "Redis" in error["error"]["message"]
+        # Without continuity the instance still answers: chat, and responses (not kept).
+        status, chat = await _post(
+            http,
+            f"{base}/v1/chat/completions",
+            {"model": DEMO_MODEL_ID, "messages": [{"role": "user", "content": "[[reply=up]]"}]},
+        )
+        assert status == 200 and chat["choices"][0]["message"]["content"] == "up"
+        assert _text(await _respond(http, base, "[[reply=still]]")) == "still"
+        status, ready = await _readyz(http, base)
+        assert status == 200 and ready["store"] == "unavailable"
+        assert await _store_up(http, base) == 0
+
+        own_redis.start()
+        status, ready = await _readyz(http, base)
+        assert status == 200 and ready["store"] == "ok"
+        assert await _store_up(http, base) == 1
+        # The response from before the outage continues on the same bridge process.
+        after = await _respond(http, base, "again [[echo_input]]", before["id"])
+        assert "assistant: kept" in _text(after).splitlines()
