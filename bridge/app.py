@@ -34,7 +34,7 @@ from bridge.api.middleware import (
     request_context_middleware,
 )
 from bridge.api.pending import PENDING, PendingToolCalls
-from bridge.appkeys import CATALOG, LIMITS, POOL, SETTINGS, STORE
+from bridge.appkeys import CATALOG, LIMITS, POOL, SETTINGS, STATE, STORE
 from bridge.catalog import CatalogEntry, ModelCatalog
 from bridge.codex.dialect import codex_driver
 from bridge.codex.selfcheck import check_worker_tools
@@ -70,7 +70,6 @@ log = structlog.get_logger("bridge.app")
 
 CODEX_VERSION: Final = version("openai-codex-cli-bin")
 DEMO: Final = web.AppKey("demo", DemoModel)
-STATE: Final = web.AppKey("state", StateLayout)
 # How long startup waits for the first worker before listing Codex's models;
 # the bridge serves (and /readyz says 503) meanwhile.
 CATALOG_DISCOVERY_TIMEOUT_S: Final = 120.0

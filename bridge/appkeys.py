@@ -9,6 +9,7 @@ from aiohttp import web
 from bridge.catalog import ModelCatalog
 from bridge.codex.turn import TurnLimits
 from bridge.config import Settings
+from bridge.ops.statedir import StateLayout
 from bridge.store import ResponseStore
 from bridge.worker.pool import WorkerPool
 
@@ -17,3 +18,4 @@ CATALOG: Final = web.AppKey("catalog", ModelCatalog)
 POOL: Final = web.AppKey("pool", WorkerPool)
 LIMITS: Final = web.AppKey("limits", TurnLimits)
 STORE: Final = web.AppKey("store", ResponseStore)
+STATE: Final = web.AppKey("state", StateLayout)

@@ -203,6 +203,12 @@ class Metrics:
             "1 while the response store answers (always, for SQLite), 0 while a shared one (Redis) does not.",
             registry=r,
         )
+        self.replayed_continuations = Counter(
+            "codex_bridge_replayed_continuations",
+            "previous_response_id continued by replaying the stored conversation into a fresh"
+            " thread, because its Codex thread is not on this instance.",
+            registry=r,
+        )
         self.store_purged = Counter(
             "codex_bridge_store_purged",
             "Expired stored responses removed, and Codex threads deleted with them.",

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import redis.asyncio as redis
 
+from bridge.api.pending import PENDING
 from bridge.demo import DEMO_MODEL_ID
 from bridge.redis_store import KEY_PREFIX
 from tests.harness import bridge_test_settings, running_bridge
@@ -115,3 +116,96 @@ async def test_redis_down_refuses_continuation_serves_plain_chat_and_recovers_wh
         # The response from before the outage continues on the same bridge process.
         after = await _respond(http, base, "again [[echo_input]]", before["id"])
         assert "assistant: kept" in _text(after).splitlines()
+
+
+async def _replays(http: aiohttp.ClientSession, base: str) -> float:
+    async with http.get(f"{base}/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith("codex_bridge_replayed_continuations_total "):
+                return float(line.split()[1])
+    raise AssertionError("codex_bridge_replayed_continuations not exported")
+
+
+WEATHER: dict[str, Any] = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+
+
+async def test_a_response_created_on_one_instance_is_continued_on_another(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    shared = {"store.url": redis_server.url}
+    settings_a = bridge_test_settings(tmp_path / "home-a", **shared)
+    settings_b = bridge_test_settings(tmp_path / "home-b", **shared)
+    async with (
+        running_bridge(settings_a) as a,
+        running_bridge(settings_b) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        first = await _respond(http, a.base_url, "first [[reply=one]]")
+        second = await _respond(http, a.base_url, "second [[reply=two]]", first["id"])
+        # B never ran either turn: its Codex home has no thread to fork.
+        third = await _respond(http, b.base_url, "third [[echo_input]]", second["id"])
+        assert _text(third).splitlines()[-5:] == [
+            "user: first [[reply=one]]",
+            "assistant: one",
+            "user: second [[reply=two]]",
+            "assistant: two",
+            "user: third [[echo_input]]",
+        ]
+        assert third["previous_response_id"] == second["id"]
+        assert await _replays(http, b.base_url) == 1
+        # On A the thread is local: the fork, not a replay.
+        again = await _respond(http, a.base_url, "fourth [[echo_input]]", second["id"])
+        history = _text(third).splitlines()[-5:-1]
+        assert _text(again).splitlines()[-5:] == [*history, "user: fourth [[echo_input]]"]
+        assert await _replays(http, a.base_url) == 0
+        # B's answer is stored too, and continues on A by the same replay.
+        fifth = await _respond(http, a.base_url, "fifth [[echo_input]]", third["id"])
+        assert "user: third [[echo_input]]" in _text(fifth).splitlines()
+        assert await _replays(http, a.base_url) == 1
+
+
+async def test_a_tool_call_parked_on_one_instance_is_answered_on_another(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    shared = {"store.url": redis_server.url}
+    settings_a = bridge_test_settings(tmp_path / "home-a", **shared)
+    settings_b = bridge_test_settings(tmp_path / "home-b", **shared)
+    async with (
+        running_bridge(settings_a) as a,
+        running_bridge(settings_b) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        ask = 'weather? [[tool=get_weather]] [[args={"city":"Paris"}]]'
+        status, first = await _post(
+            http,
+            f"{a.base_url}/v1/responses",
+            {"model": DEMO_MODEL_ID, "input": ask, "tools": [WEATHER]},
+        )
+        assert status == 200, first
+        (call,) = [item for item in first["output"] if item["type"] == "function_call"]
+        assert len(a.app[PENDING]) == 1  # the turn waits on A for the result
+        status, second = await _post(
+            http,
+            f"{b.base_url}/v1/responses",
+            {
+                "model": DEMO_MODEL_ID,
+                "previous_response_id": first["id"],
+                "input": [
+                    {"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}
+                ],
+                "tools": [WEATHER],
+            },
+        )
+        assert status == 200, second
+        assert _text(second) == "Tool results: sunny"
+        upstream = b.demo.requests[-1]["input"]
+        assert [(i["type"], i.get("call_id")) for i in upstream[-2:]] == [
+            ("function_call", call["call_id"]),
+            ("function_call_output", call["call_id"]),
+        ]
+        assert any("weather?" in str(i.get("content")) for i in upstream)
