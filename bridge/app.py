@@ -44,6 +44,7 @@ from bridge.demo import DEMO_MODEL_ID, DemoModel
 from bridge.ops import auth, usage
 from bridge.ops.admission import KEY_LIMITS, KeyLimits
 from bridge.ops.auth import AUTH, auth_middleware, build_policy, metrics_guard
+from bridge.ops.leases import RedisKeyLimits
 from bridge.ops.metrics import Metrics
 from bridge.ops.statedir import StateLayout, prepare_state, private_dir
 from bridge.redis_store import RedisResponseStore
@@ -111,7 +112,11 @@ def make_app(
     app[CATALOG] = ModelCatalog(_static_models(settings))
     env = dict(os.environ if environ is None else environ)
     app[AUTH] = build_policy(settings, env)
-    app[KEY_LIMITS] = KeyLimits()
+    if settings.store.url:
+        # Per-key caps hold across every instance sharing this Redis.
+        app.cleanup_ctx.append(_leases_ctx)
+    else:
+        app[KEY_LIMITS] = KeyLimits()
     pending = PendingToolCalls(settings.codex.tool_call_timeout_s, settings.codex.max_parked_turns)
     app[PENDING] = pending
     app[METRICS].parked_turns.set_function(lambda: len(pending))
@@ -190,6 +195,15 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     yield
     await store.close()
+
+
+async def _leases_ctx(app: web.Application) -> AsyncIterator[None]:
+    url = app[SETTINGS].store.url
+    assert url is not None
+    limits = RedisKeyLimits(url)
+    app[KEY_LIMITS] = limits
+    yield
+    await limits.close()
 
 
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -79,14 +79,19 @@ def _decode(raw: bytes) -> StoredResponse:
     )
 
 
+def connect(url: str) -> Redis:
+    """A client whose every call is bounded; it reconnects by itself on the next call."""
+    return Redis.from_url(
+        url,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        retry=Retry(NoBackoff(), RETRIES),
+    )
+
+
 class RedisResponseStore:
     def __init__(self, url: str, ttl_s: float = DEFAULT_TTL_S, *, prefix: str = KEY_PREFIX) -> None:
-        self._redis: Redis = Redis.from_url(
-            url,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
-            retry=Retry(NoBackoff(), RETRIES),
-        )
+        self._redis = connect(url)
         self._ttl_s = ttl_s
         self._prefix = prefix
         self.available = True

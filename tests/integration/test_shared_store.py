@@ -3,11 +3,13 @@
 One bridge keeps its responses in Redis and continues them; Redis taken away
 mid-run costs continuation (503) but not plain chat, `/readyz` and the
 metrics say so, and Redis brought back is used again without restarting the
-bridge. Two bridges sharing one Redis continue each other's responses.
+bridge. Two bridges sharing one Redis continue each other's responses and
+hold a key's concurrency cap together.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import redis.asyncio as redis
 from bridge.api.pending import PENDING
 from bridge.demo import DEMO_MODEL_ID
 from bridge.redis_store import KEY_PREFIX
-from tests.harness import bridge_test_settings, running_bridge
+from tests.harness import bridge_test_settings, running_bridge, wait_until
 from tests.redis_server import RedisServer
 
 
@@ -209,3 +211,49 @@ async def test_a_tool_call_parked_on_one_instance_is_answered_on_another(
             ("function_call_output", call["call_id"]),
         ]
         assert any("weather?" in str(i.get("content")) for i in upstream)
+
+
+async def test_a_per_key_cap_of_two_holds_across_two_instances(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    key = "sk-alice-cluster-cap"
+    shared = {
+        "store.url": redis_server.url,
+        "auth.api_keys": (f"alice:{key}:2",),
+        # A refused third request is a 429 after this wait, not after 30 s.
+        "codex.queue_timeout_s": 1.0,
+    }
+    settings_a = bridge_test_settings(tmp_path / "home-a", **shared)
+    settings_b = bridge_test_settings(tmp_path / "home-b", **shared)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        running_bridge(settings_a) as a,
+        running_bridge(settings_b) as b,
+        aiohttp.ClientSession(headers=headers) as http,
+    ):
+        hanging = [
+            asyncio.create_task(
+                _post(
+                    http,
+                    f"{a.base_url}/v1/responses",
+                    {"model": DEMO_MODEL_ID, "input": "[[hang_after=0]]", "store": False},
+                )
+            )
+            for _ in range(2)
+        ]
+        try:
+            await wait_until(lambda: a.pool.active_turns == 2, timeout=30)
+            status, refused = await _post(
+                http, f"{b.base_url}/v1/responses", {"model": DEMO_MODEL_ID, "input": "[[reply=b]]"}
+            )
+            assert status == 429, refused
+            assert refused["error"]["code"] == "rate_limit_exceeded"
+            assert b.pool.active_turns == 0
+        finally:
+            for task in hanging:
+                task.cancel()
+            await asyncio.gather(*hanging, return_exceptions=True)
+        await wait_until(lambda: a.pool.active_turns == 0, timeout=30)
+        # A's slots are back (released, not waited out): B serves the key again.
+        served = await _respond(http, b.base_url, "[[reply=b]]")
+        assert _text(served) == "b"
