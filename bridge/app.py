@@ -47,6 +47,7 @@ from bridge.ops.auth import AUTH, auth_middleware, build_policy, metrics_guard
 from bridge.ops.leases import RedisKeyLimits
 from bridge.ops.metrics import Metrics
 from bridge.ops.statedir import StateLayout, prepare_state, private_dir
+from bridge.ops.usage_redis import RedisUsageLedger
 from bridge.redis_store import RedisResponseStore
 from bridge.retention import RETENTION, Retention
 from bridge.store import ResponseStore, SqliteResponseStore
@@ -224,7 +225,9 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:
-    ledger = usage.UsageLedger(app[STATE].store_path)
+    url = app[SETTINGS].store.url
+    # With a shared store, /v1/usage answers for every instance.
+    ledger = RedisUsageLedger(url) if url else usage.UsageLedger(app[STATE].store_path)
     ledger.start()
     app[usage.USAGE] = ledger
     yield

@@ -444,7 +444,7 @@ FIELDS: Final = (
         "store",
         "url",
         "BRIDGE_STORE_URL",
-        "Redis URL of a response store shared by several instances (`redis://host:6379/0`); empty keeps stored responses in the SQLite file.",
+        "Redis URL shared by several instances (`redis://host:6379/0`): stored responses, the usage ledger and per-key concurrency caps live there; empty keeps them in this instance (SQLite, memory).",
     ),
     FieldDoc(
         "store",

@@ -257,3 +257,30 @@ async def test_a_per_key_cap_of_two_holds_across_two_instances(
         # A's slots are back (released, not waited out): B serves the key again.
         served = await _respond(http, b.base_url, "[[reply=b]]")
         assert _text(served) == "b"
+
+
+async def test_usage_gives_the_same_answer_on_every_instance(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    key = "sk-usage-shared-key"
+    shared = {"store.url": redis_server.url, "auth.api_keys": (f"carol-{tmp_path.name}:{key}",)}
+    settings_a = bridge_test_settings(tmp_path / "home-a", **shared)
+    settings_b = bridge_test_settings(tmp_path / "home-b", **shared)
+    async with (
+        running_bridge(settings_a) as a,
+        running_bridge(settings_b) as b,
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http,
+    ):
+        await _respond(http, a.base_url, "[[reply=on a]]")
+        await _respond(http, b.base_url, "[[reply=on b]]")
+        await _respond(http, b.base_url, "[[reply=on b again]]")
+        pages = []
+        for base in (a.base_url, b.base_url):
+            async with http.get(f"{base}/v1/usage") as resp:
+                assert resp.status == 200
+                pages.append(await resp.json())
+        assert pages[0] == pages[1]
+        (result,) = [r for bucket in pages[0]["data"] for r in bucket["results"]]
+        assert result["num_model_requests"] == 3
+        assert result["api_key_name"] == f"carol-{tmp_path.name}"
+        assert result["output_tokens"] > 0
