@@ -20,6 +20,7 @@ from typing import Final
 
 import structlog
 from aiohttp import web
+from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from bridge.api import chat, completions, health, models, responses, stored_responses
@@ -34,6 +35,7 @@ from bridge.api.middleware import (
     request_context_middleware,
 )
 from bridge.api.pending import PENDING, PendingToolCalls
+from bridge.api.tracing import tracing_middleware
 from bridge.appkeys import CATALOG, LIMITS, POOL, SETTINGS, STATE, STORE
 from bridge.catalog import CatalogEntry, ModelCatalog
 from bridge.codex.dialect import codex_driver
@@ -51,6 +53,7 @@ from bridge.ops.usage_redis import RedisUsageLedger
 from bridge.redis_store import RedisResponseStore
 from bridge.retention import RETENTION, Retention
 from bridge.store import ResponseStore, SqliteResponseStore
+from bridge.tracing import PROVIDER, build_provider
 from bridge.worker.launch import (
     CodexFlavor,
     codex_version,
@@ -82,6 +85,7 @@ def make_app(
     *,
     environ: Mapping[str, str] | None = None,
     rpc_message_hook: MessageHook | None = None,
+    span_exporter: SpanExporter | None = None,
 ) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
@@ -90,6 +94,7 @@ def make_app(
         # bodies are read only after it, and only so many at once.
         middlewares=[
             request_context_middleware,
+            tracing_middleware,
             error_middleware,
             cors_middleware,
             auth_middleware,
@@ -97,6 +102,15 @@ def make_app(
         ],
     )
     app[SETTINGS] = settings
+    endpoint = settings.tracing.otlp_endpoint
+    if endpoint is not None or span_exporter is not None:
+        app[PROVIDER] = build_provider(
+            settings.tracing.service_name,
+            version("codex-bridge"),
+            endpoint=endpoint,
+            exporter=span_exporter,
+        )
+        app.on_cleanup.append(_stop_tracing)
     app[METRICS] = Metrics(version=version("codex-bridge"), codex_version=CODEX_VERSION)
     app.on_response_prepare.append(add_response_headers)
     app.on_response_prepare.append(auth.add_ratelimit_headers)
@@ -150,6 +164,11 @@ def make_app(
     )
     app.router.add_route("*", "/auth/verify", auth.verify)
     return app
+
+
+async def _stop_tracing(app: web.Application) -> None:
+    # Flushes the last spans; off the loop, since an export is a blocking HTTP call.
+    await asyncio.to_thread(app[PROVIDER].shutdown)
 
 
 def _static_models(settings: Settings) -> list[CatalogEntry]:

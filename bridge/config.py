@@ -152,6 +152,18 @@ class LogSettings(_Frozen):
     log_content: bool = False
 
 
+class TracingSettings(_Frozen):
+    otlp_endpoint: str | None = None
+    service_name: Annotated[str, Field(min_length=1)] = "codex-bridge"
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL (OTLP/HTTP)")
+        return value or None
+
+
 class Settings(_Frozen):
     server: ServerSettings = ServerSettings()
     codex: CodexSettings = CodexSettings()
@@ -160,6 +172,7 @@ class Settings(_Frozen):
     images: ImageSettings = ImageSettings()
     demo: DemoSettings = DemoSettings()
     log: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +516,18 @@ FIELDS: Final = (
     FieldDoc("log", "level", "BRIDGE_LOG_LEVEL", "`debug`, `info`, `warning` or `error`."),
     FieldDoc(
         "log", "log_content", "BRIDGE_LOG_CONTENT", "Allow prompt and reply text in debug logs."
+    ),
+    FieldDoc(
+        "tracing",
+        "otlp_endpoint",
+        "BRIDGE_OTLP_ENDPOINT",
+        "OTLP/HTTP traces endpoint (`http://collector:4318/v1/traces`): spans for request, admission, turn and JSON-RPC calls, honouring `traceparent`; empty turns tracing off.",
+    ),
+    FieldDoc(
+        "tracing",
+        "service_name",
+        "BRIDGE_OTEL_SERVICE_NAME",
+        "`service.name` of the exported spans (one per instance, e.g. `codex-bridge-a`).",
     ),
 )
 

@@ -32,6 +32,7 @@ from typing import Final, cast
 
 import structlog
 from aiohttp import web
+from opentelemetry.trace import Span, Status, StatusCode, use_span
 
 from bridge.api.middleware import ACCESS, METRICS, AccessRecord
 from bridge.appkeys import LIMITS, POOL
@@ -42,6 +43,7 @@ from bridge.errors import BridgeError, DeadlineExceeded, RateLimited
 from bridge.ops.admission import KEY_LIMITS
 from bridge.ops.auth import API_KEY
 from bridge.store import ANONYMOUS_OWNER
+from bridge.tracing import tracer
 from bridge.worker.pool import Lease
 from bridge.worker.supervisor import Worker
 
@@ -79,6 +81,7 @@ class TurnSession:
         self._request = request
         self._stack = AsyncExitStack()
         self._turn: Turn | None = None
+        self._span: Span | None = None
         self._worker: Worker | None = None
         self._lease: Lease | None = None
         self.parked = False
@@ -106,19 +109,28 @@ class TurnSession:
 
     async def __aenter__(self) -> TurnSession:
         await self.admit()
+        # Ends when the turn is cleaned up; its JSON-RPC calls are its children.
+        span = tracer().start_span("turn", attributes={"codex_bridge.endpoint": self._endpoint})
+        self._span = span
         try:
             assert self._worker is not None and self._lease is not None
             self._started = self._last_event = self._clock()
-            # Retried on Codex overload within the queue deadline, possibly on another worker.
-            self._turn = await self._pool.start_on(
-                self._lease, lambda worker: start_turn(worker, self._request)
-            )
+            with use_span(span, end_on_exit=False, record_exception=False):
+                # Retried on Codex overload within the queue deadline, possibly on another worker.
+                self._turn = await self._pool.start_on(
+                    self._lease, lambda worker: start_turn(worker, self._request)
+                )
+            span.set_attribute("codex_bridge.worker", self._lease.worker.id)
+            span.set_attribute("codex_bridge.thread_id", self._turn.thread_id)
             if self._lease.worker is not self._worker:
                 self._worker = moved = self._lease.worker
                 self._worker_pid = moved.pid
                 self.worker_id = self._record.worker = moved.id
                 structlog.contextvars.bind_contextvars(worker=moved.id)
-        except BaseException:
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR))
+            span.end()
             await self._stack.aclose()
             raise
         self._record.turns += 1  # billed from here on, whatever the outcome
@@ -132,7 +144,8 @@ class TurnSession:
         """
         if self._worker is not None:
             return
-        self._worker = await self._take_slots(None)
+        with tracer().start_as_current_span("admission"):
+            self._worker = await self._take_slots(None)
 
     async def _take_slots(self, on: Worker | None) -> Worker:
         """The caller's key slot and a worker slot (on `on`, when given), into `_stack`."""
@@ -290,6 +303,9 @@ class TurnSession:
                 if not self._accounted:
                     await self._await_final_usage(turn)
                 await turn.aclose()
+                if self._span is not None:
+                    self._span.set_attribute("codex_bridge.outcome", self._record.outcome)
+                    self._span.end()
         finally:
             await self._stack.aclose()
 
