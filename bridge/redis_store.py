@@ -11,7 +11,9 @@ Layout, under `KEY_PREFIX`:
 - `created` (sorted set, id -> created_at): what purge and count walk;
 - `thread_of` (hash, id -> Codex thread id): survives the record's expiry, so
   purge can still name the threads of responses Redis already dropped;
-- `thread:<thread id>` (set of ids): whether any response still uses a thread.
+- `thread:<thread id>` (set of ids): whether any response still uses a thread;
+- `orphans` (sorted set, thread id -> when): threads no response uses any
+  more, so every instance deletes its own copy (`bridge.retention`).
 
 Every call is bounded (`SOCKET_TIMEOUT_S`, `CONNECT_TIMEOUT_S`, one retry
 on a fresh connection); a Redis that does not answer raises
@@ -189,6 +191,24 @@ class RedisResponseStore:
         await self._call(lambda: self._forget(list(zip(ids, threads, strict=True))))
         orphans = [t for t in sorted({t for t in threads if t}) if not await self.thread_in_use(t)]
         return len(ids), orphans
+
+    async def share_orphans(self, thread_ids: list[str], keep_s: float) -> None:
+        """Names threads no response uses any more, for every instance to delete its copy."""
+        now = time.time()
+
+        async def work() -> None:
+            async with self._redis.pipeline(transaction=True) as tx:
+                if thread_ids:
+                    tx.zadd(self._key("orphans"), dict.fromkeys(thread_ids, now))
+                tx.zremrangebyscore(self._key("orphans"), "-inf", now - keep_s)
+                await tx.execute()
+
+        await self._call(work)
+
+    async def shared_orphans(self) -> list[str]:
+        """Threads any instance found orphaned lately (within the last `keep_s` shared)."""
+        raw: Any = await self._call(lambda: self._redis.zrange(self._key("orphans"), 0, -1))
+        return [t.decode() for t in raw]
 
     async def count(self) -> int:
         total: Any = await self._call(lambda: self._redis.zcard(self._key("created")))

@@ -17,8 +17,12 @@ import aiohttp
 import redis.asyncio as redis
 
 from bridge.api.pending import PENDING
+from bridge.appkeys import STATE, STORE
+from bridge.codex.threads import has_rollout
 from bridge.demo import DEMO_MODEL_ID
 from bridge.redis_store import KEY_PREFIX
+from bridge.retention import RETENTION
+from bridge.store import ANONYMOUS_OWNER
 from tests.harness import bridge_test_settings, running_bridge, wait_until
 from tests.redis_server import RedisServer
 
@@ -284,3 +288,27 @@ async def test_usage_gives_the_same_answer_on_every_instance(
         assert result["num_model_requests"] == 3
         assert result["api_key_name"] == f"carol-{tmp_path.name}"
         assert result["output_tokens"] > 0
+
+
+async def test_a_thread_deleted_through_one_instance_goes_from_the_instance_that_holds_it(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    shared = {"store.url": redis_server.url}
+    settings_a = bridge_test_settings(tmp_path / "home-a", **shared)
+    settings_b = bridge_test_settings(tmp_path / "home-b", **shared)
+    async with (
+        running_bridge(settings_a) as a,
+        running_bridge(settings_b) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        made = await _respond(http, a.base_url, "[[reply=short-lived]]")
+        record = await a.app[STORE].get(made["id"], ANONYMOUS_OWNER)
+        assert record is not None and record.thread_id is not None
+        home_a = a.app[STATE].codex_home
+        assert has_rollout(home_a, record.thread_id)
+        async with http.delete(f"{b.base_url}/v1/responses/{made['id']}") as resp:
+            assert resp.status == 200
+        # B has no copy to delete; A deletes its own at its next retention pass.
+        assert has_rollout(home_a, record.thread_id)
+        await a.app[RETENTION].purge()
+        assert not has_rollout(home_a, record.thread_id)
