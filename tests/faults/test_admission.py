@@ -17,7 +17,7 @@ import pytest
 
 from bridge.codex.dialect import start_turn
 from bridge.codex.turn import TurnRequest
-from bridge.errors import WorkerCrashed, WorkerOverloaded
+from bridge.errors import ServiceUnavailable, WorkerCrashed, WorkerOverloaded
 from bridge.worker.pool import SLOW_START_FRACTION, WorkerPool
 from bridge.worker.supervisor import Worker, WorkerConfig
 from tests.fakes.workers import WAIT_S, Recorder, fake_config, fake_pool
@@ -160,9 +160,18 @@ async def _fake_turns(worker: Worker) -> dict[str, list[str]]:
 
 
 async def _until_fake(worker: Worker, key: str, count: int) -> None:
-    """Polls the fake's record (bounded) until `key` lists `count` entries."""
+    """Polls the fake's record (bounded) until `key` lists `count` entries.
+
+    A timed-out turn/start makes the worker probe itself (not ready for a
+    moment): a poll that lands then is simply repeated.
+    """
     async with asyncio.timeout(WAIT_S):
-        while len((await _fake_turns(worker))[key]) < count:  # noqa: ASYNC110 - another process's state
+        while True:
+            try:
+                if len((await _fake_turns(worker))[key]) >= count:
+                    return
+            except ServiceUnavailable:
+                pass
             await asyncio.sleep(0.05)
 
 
