@@ -22,6 +22,7 @@ from typing import Final
 
 import structlog
 from aiohttp import web
+from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from bridge.api import chat, completions, health, models, responses, stored_responses
@@ -37,8 +38,9 @@ from bridge.api.middleware import (
     request_context_middleware,
 )
 from bridge.api.pending import PENDING, PendingToolCalls
+from bridge.api.tracing import tracing_middleware
 from bridge.api.turns import TURNS, TurnRegistry
-from bridge.appkeys import ACCOUNT, ACCOUNTS, CATALOG, LIMITS, POOL, SETTINGS, STORE
+from bridge.appkeys import ACCOUNT, ACCOUNTS, CATALOG, LIMITS, POOL, SETTINGS, STATE, STORE
 from bridge.catalog import CatalogEntry, ModelCatalog
 from bridge.codex.account import AccountState, account_rank
 from bridge.codex.dialect import account_driver_factory
@@ -55,10 +57,14 @@ from bridge.demo import DEMO_MODEL_ID, DemoModel
 from bridge.ops import auth, usage
 from bridge.ops.admission import KEY_LIMITS, KeyLimits
 from bridge.ops.auth import AUTH, auth_middleware, build_policy, metrics_guard
+from bridge.ops.leases import RedisKeyLimits
 from bridge.ops.metrics import Metrics
 from bridge.ops.statedir import StateLayout, prepare_state, private_dir
+from bridge.ops.usage_redis import RedisUsageLedger
+from bridge.redis_store import RedisResponseStore
 from bridge.retention import RETENTION, Retention
-from bridge.store import SqliteResponseStore
+from bridge.store import ResponseStore, SqliteResponseStore
+from bridge.tracing import PROVIDER, build_provider
 from bridge.worker.launch import (
     CodexFlavor,
     codex_version,
@@ -80,7 +86,6 @@ log = structlog.get_logger("bridge.app")
 
 CODEX_VERSION: Final = version("openai-codex-cli-bin")
 DEMO: Final = web.AppKey("demo", DemoModel)
-STATE: Final = web.AppKey("state", StateLayout)
 # How long startup waits for the first worker before listing Codex's models;
 # the bridge serves (and /readyz says 503) meanwhile.
 CATALOG_DISCOVERY_TIMEOUT_S: Final = 120.0
@@ -91,6 +96,7 @@ def make_app(
     *,
     environ: Mapping[str, str] | None = None,
     rpc_message_hook: MessageHook | None = None,
+    span_exporter: SpanExporter | None = None,
 ) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
@@ -99,6 +105,7 @@ def make_app(
         # bodies are read only after it, and only so many at once.
         middlewares=[
             request_context_middleware,
+            tracing_middleware,
             error_middleware,
             cors_middleware,
             auth_middleware,
@@ -106,6 +113,15 @@ def make_app(
         ],
     )
     app[SETTINGS] = settings
+    endpoint = settings.tracing.otlp_endpoint
+    if endpoint is not None or span_exporter is not None:
+        app[PROVIDER] = build_provider(
+            settings.tracing.service_name,
+            version("codex-bridge"),
+            endpoint=endpoint,
+            exporter=span_exporter,
+        )
+        app.on_cleanup.append(_stop_tracing)
     app[METRICS] = Metrics(version=version("codex-bridge"), codex_version=CODEX_VERSION)
     app.on_response_prepare.append(add_response_headers)
     app.on_response_prepare.append(auth.add_ratelimit_headers)
@@ -125,7 +141,11 @@ def make_app(
     app[CATALOG] = ModelCatalog(_static_models(settings))
     env = dict(os.environ if environ is None else environ)
     app[AUTH] = build_policy(settings, env)
-    app[KEY_LIMITS] = KeyLimits()
+    if settings.store.url:
+        # Per-key caps hold across every instance sharing this Redis.
+        app.cleanup_ctx.append(_leases_ctx)
+    else:
+        app[KEY_LIMITS] = KeyLimits()
     pending = PendingToolCalls(settings.codex.tool_call_timeout_s, settings.codex.max_parked_turns)
     app[PENDING] = pending
     app[TURNS] = TurnRegistry()
@@ -165,6 +185,11 @@ def make_app(
     return app
 
 
+async def _stop_tracing(app: web.Application) -> None:
+    # Flushes the last spans; off the loop, since an export is a blocking HTTP call.
+    await asyncio.to_thread(app[PROVIDER].shutdown)
+
+
 def _static_models(settings: Settings) -> list[CatalogEntry]:
     entries = [
         CatalogEntry(
@@ -192,14 +217,33 @@ async def _state_ctx(app: web.Application, env: Mapping[str, str]) -> AsyncItera
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = SqliteResponseStore(
-        app[STATE].store_path,
-        ttl_s=settings.store.ttl_days * 24 * 3600,
-        on_error=functools.partial(app[METRICS].store_error, "responses"),
-    )
+    ttl_s = settings.store.ttl_days * 24 * 3600
+    on_error = functools.partial(app[METRICS].store_error, "responses")
+    store: ResponseStore
+    if settings.store.url:
+        # Shared by every instance (and so is the usage ledger: `_usage_ctx`).
+        shared = RedisResponseStore(settings.store.url, ttl_s=ttl_s, on_error=on_error)
+        shared.on_change = app[METRICS].store_up.set
+        store = shared
+    else:
+        store = SqliteResponseStore(app[STATE].store_path, ttl_s=ttl_s, on_error=on_error)
+    up = await store.ping()
+    app[METRICS].store_up.set(up)
+    if not up:
+        # Not fatal: chat without previous_response_id works, and the store comes back by itself.
+        log.warning("response store unreachable at startup", url=settings.store.url)
     app[STORE] = store
     yield
     await store.close()
+
+
+async def _leases_ctx(app: web.Application) -> AsyncIterator[None]:
+    url = app[SETTINGS].store.url
+    assert url is not None
+    limits = RedisKeyLimits(url)
+    app[KEY_LIMITS] = limits
+    yield
+    await limits.close()
 
 
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -220,8 +264,13 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:
-    ledger = usage.UsageLedger(
-        app[STATE].store_path, on_error=functools.partial(app[METRICS].store_error, "usage")
+    url = app[SETTINGS].store.url
+    on_error = functools.partial(app[METRICS].store_error, "usage")
+    # With a shared store, /v1/usage answers for every instance.
+    ledger = (
+        RedisUsageLedger(url, on_error=on_error)
+        if url
+        else usage.UsageLedger(app[STATE].store_path, on_error=on_error)
     )
     ledger.start()
     app[usage.USAGE] = ledger

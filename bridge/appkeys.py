@@ -10,6 +10,7 @@ from bridge.catalog import ModelCatalog
 from bridge.codex.account import AccountState
 from bridge.codex.turn import TurnLimits
 from bridge.config import Settings
+from bridge.ops.statedir import StateLayout
 from bridge.store import ResponseStore
 from bridge.worker.pool import WorkerPool
 
@@ -21,3 +22,4 @@ ACCOUNTS: Final = web.AppKey("accounts", dict[str, AccountState])
 """Every account (Codex home) by name, in `codex.accounts` order; one "default" without it."""
 LIMITS: Final = web.AppKey("limits", TurnLimits)
 STORE: Final = web.AppKey("store", ResponseStore)
+STATE: Final = web.AppKey("state", StateLayout)

@@ -148,8 +148,16 @@ class AuthSettings(_Frozen):
 
 class StoreSettings(_Frozen):
     path: str | None = None
+    url: str | None = None
     ttl_days: Annotated[float, Field(gt=0)] = 30.0
     purge_interval_s: Annotated[float, Field(gt=0)] = 3600.0
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return value or None
 
 
 class ImageSettings(_Frozen):
@@ -173,6 +181,18 @@ class LogSettings(_Frozen):
     log_content: bool = False
 
 
+class TracingSettings(_Frozen):
+    otlp_endpoint: str | None = None
+    service_name: Annotated[str, Field(min_length=1)] = "codex-bridge"
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL (OTLP/HTTP)")
+        return value or None
+
+
 class Settings(_Frozen):
     server: ServerSettings = ServerSettings()
     codex: CodexSettings = CodexSettings()
@@ -181,6 +201,7 @@ class Settings(_Frozen):
     images: ImageSettings = ImageSettings()
     demo: DemoSettings = DemoSettings()
     log: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,6 +515,12 @@ FIELDS: Final = (
     ),
     FieldDoc(
         "store",
+        "url",
+        "BRIDGE_STORE_URL",
+        "Redis URL shared by several instances (`redis://host:6379/0`): stored responses, the usage ledger and per-key concurrency caps live there; empty keeps them in this instance (SQLite, memory).",
+    ),
+    FieldDoc(
+        "store",
         "ttl_days",
         "BRIDGE_STORE_TTL_DAYS",
         "How long a stored response can be fetched or continued.",
@@ -569,6 +596,18 @@ FIELDS: Final = (
     FieldDoc("log", "level", "BRIDGE_LOG_LEVEL", "`debug`, `info`, `warning` or `error`."),
     FieldDoc(
         "log", "log_content", "BRIDGE_LOG_CONTENT", "Allow prompt and reply text in debug logs."
+    ),
+    FieldDoc(
+        "tracing",
+        "otlp_endpoint",
+        "BRIDGE_OTLP_ENDPOINT",
+        "OTLP/HTTP traces endpoint (`http://collector:4318/v1/traces`): spans for request, admission, turn and JSON-RPC calls, honouring `traceparent`; empty turns tracing off.",
+    ),
+    FieldDoc(
+        "tracing",
+        "service_name",
+        "BRIDGE_OTEL_SERVICE_NAME",
+        "`service.name` of the exported spans (one per instance, e.g. `codex-bridge-a`).",
     ),
 )
 

@@ -20,6 +20,7 @@ Each leaf maps to exactly one ``(status, type, code)``::
     ├── WorkerCrashed                   502 server_error           worker_crashed
     ├── ServiceUnavailable              503 server_error           worker_unavailable
     │   ├── WorkerOverloaded            503 server_error           server_is_overloaded
+    │   ├── StoreUnavailable            503 server_error           store_unavailable
     │   ├── CodexNotSignedIn            503 server_error           codex_not_signed_in
     │   └── UpstreamUnauthorized        503 server_error           upstream_unauthorized
     └── DeadlineExceeded                504 server_error           timeout
@@ -161,7 +162,8 @@ class ServiceUnavailable(BridgeError):
 
 
 class StoreUnavailable(ServiceUnavailable):
-    """The response store cannot be read or written now (disk full, read-only, I/O error)."""
+    """The response store cannot be read or written now: SQLite disk full, read-only or I/O
+    error, or the shared store (Redis) does not answer."""
 
     default_code = "store_unavailable"
 

@@ -5,7 +5,9 @@ asks the store to drop responses older than `store.ttl_days` and deletes the
 Codex threads no remaining response uses (`bridge.codex.threads`), then sets
 the stored-responses gauge. `forget_thread` does the same for one response a
 client deleted. A failed pass is logged and retried at the next interval;
-it never stops the loop. Knows the store, the pool and metrics; no HTTP.
+it never stops the loop. With a shared store (Redis) the threads found
+orphaned are announced to every instance, and each deletes the copies in
+its own Codex home. Knows the store, the pool and metrics; no HTTP.
 """
 
 from __future__ import annotations
@@ -19,13 +21,18 @@ from typing import Final
 import structlog
 from aiohttp import web
 
-from bridge.codex.threads import delete_threads
+from bridge.codex.threads import delete_threads, has_rollout
 from bridge.errors import StoreUnavailable
 from bridge.ops.metrics import Metrics
+from bridge.redis_store import RedisResponseStore
 from bridge.store import ResponseStore
 from bridge.worker.pool import WorkerPool
 
 log = structlog.get_logger("bridge.retention")
+
+# With a shared store, a thread found orphaned is announced to the other instances for
+# this many purge intervals: each deletes its own copy at its next pass.
+ORPHAN_SHARE_INTERVALS: Final = 3
 
 
 class Retention:
@@ -44,7 +51,8 @@ class Retention:
         self._interval_s = interval_s
 
     async def run(self) -> None:
-        with contextlib.suppress(StoreUnavailable):  # logged and counted by the store
+        # Logged (and counted) by the store; a shared store down at startup: the next pass counts.
+        with contextlib.suppress(StoreUnavailable):
             self._metrics.stored_responses.set(await self._store.count())
         while True:
             await asyncio.sleep(self._interval_s)
@@ -56,6 +64,7 @@ class Retention:
     async def purge(self) -> tuple[int, int]:
         """One pass: (responses removed, threads deleted)."""
         removed, orphans = await self._store.purge()
+        orphans = await self._with_shared(orphans)
         threads = await self._delete(orphans) if orphans else 0
         self._metrics.store_purged.labels("responses").inc(removed)
         self._metrics.store_purged.labels("threads").inc(threads)
@@ -69,7 +78,27 @@ class Retention:
         self._metrics.stored_responses.dec()
         if thread_id is None or await self._store.thread_in_use(thread_id):
             return
+        await self._with_shared([thread_id])
         await self._delete([thread_id])
+
+    async def _with_shared(self, orphans: list[str]) -> list[str]:
+        """With a shared store: tells the other instances of these orphans, and adds theirs
+        whose threads are in one of this instance's Codex homes."""
+        store = self._store
+        if not isinstance(store, RedisResponseStore):
+            return orphans
+        try:
+            await store.share_orphans(orphans, keep_s=ORPHAN_SHARE_INTERVALS * self._interval_s)
+            theirs = set(await store.shared_orphans()) - set(orphans)
+        except StoreUnavailable:
+            return orphans  # the other instances learn of these at a later pass, or never
+
+        here = await asyncio.to_thread(
+            lambda: [
+                t for t in sorted(theirs) if any(has_rollout(home, t) for home in self._codex_homes)
+            ]
+        )
+        return [*orphans, *here]
 
     async def _delete(self, thread_ids: list[str]) -> int:
         if len(self._codex_homes) > 1:

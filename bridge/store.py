@@ -1,8 +1,9 @@
 """State that outlives a request: stored responses, who owns them, and the Codex thread of each.
 
 `ResponseStore` is the small interface; `SqliteResponseStore` is the
-embedded default (one file, survives restarts) and `MemoryResponseStore` the
-in-memory one for tests. A stored response remembers its owner (the API key
+embedded default (one file, survives restarts), `MemoryResponseStore` the
+in-memory one for tests, and `bridge.redis_store.RedisResponseStore` the
+one several instances share. A stored response remembers its owner (the API key
 name, or `ANONYMOUS_OWNER` when no keys are configured), its input items,
 and its Codex thread and turn, so `previous_response_id` continues the
 conversation by forking that thread instead of re-sending it.
@@ -86,6 +87,10 @@ class ResponseStore(Protocol):
         ...
 
     async def count(self) -> int: ...
+    async def ping(self) -> bool:
+        """Whether the store answers now (always, for the embedded ones)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -125,6 +130,9 @@ class MemoryResponseStore:
 
     async def count(self) -> int:
         return len(self._records)
+
+    async def ping(self) -> bool:
+        return True
 
     async def close(self) -> None:
         self._records.clear()
@@ -291,6 +299,9 @@ class SqliteResponseStore:
             "count", lambda db: db.execute("SELECT COUNT(*) FROM responses").fetchall()
         )
         return int(rows[0][0])
+
+    async def ping(self) -> bool:
+        return True
 
     async def close(self) -> None:
         await self._db.close()

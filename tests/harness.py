@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from aiohttp import web
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from bridge.app import DEMO, make_app
 from bridge.appkeys import POOL
@@ -70,6 +71,7 @@ async def running_bridge(
     *,
     environ: Mapping[str, str] | None = None,
     also_hook: MessageHook | None = None,
+    span_exporter: SpanExporter | None = None,
 ) -> AsyncIterator[RunningBridge]:
     """The bridge, with every JSON-RPC message checked against the pinned schema bundle."""
     validator = RpcSchemaValidator()
@@ -79,7 +81,7 @@ async def running_bridge(
         if also_hook is not None:
             also_hook(direction, message)
 
-    app = make_app(settings, environ=environ, rpc_message_hook=hook)
+    app = make_app(settings, environ=environ, rpc_message_hook=hook, span_exporter=span_exporter)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -4,6 +4,8 @@ Traefik health-checks `/readyz`, so it turns 503 while no worker is ready,
 while the bridge drains on shutdown, and while Codex is not signed in (and
 its model provider needs an account: `reason: codex_not_signed_in`). The
 account (sign-in, refused credentials, rate-limit windows) is in the body.
+Its `store` field says whether the response store answers (a shared Redis
+can be down while the workers serve).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from bridge.appkeys import ACCOUNT, ACCOUNTS, POOL
+from bridge.appkeys import ACCOUNT, ACCOUNTS, POOL, STORE
 from bridge.codex.account import NOT_SIGNED_IN_REASON
 
 
@@ -34,6 +36,10 @@ async def readyz(request: web.Request) -> web.Response:
         "active_turns": pool.active_turns,
         "queued": pool.waiting,
         "account": account.as_json(),
+        # A shared store (Redis) that does not answer leaves the instance ready: chat
+        # without previous_response_id still works, so taking it out of rotation would
+        # turn a partial outage into a total one. The body says what is missing.
+        "store": "ok" if await request.app[STORE].ping() else "unavailable",
     }
     if len(accounts) > 1:
         body["accounts"] = {

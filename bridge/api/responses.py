@@ -6,7 +6,9 @@ in a `TurnSession`, and `ResponseRenderer` turns its events into the
 default) the response is saved, owned by the caller's key, with its input
 items and its Codex thread before its final event or body is sent, and a
 later `previous_response_id` from the same key forks that thread so nothing
-is re-sent. Reading, listing, deleting and counting are
+is re-sent; when the thread is not in this instance's Codex home (a shared
+store, another instance ran it) the conversation is replayed from the store
+into a fresh thread instead (`bridge.api.replay`). Reading, listing, deleting and counting are
 `bridge.api.stored_responses`.
 """
 
@@ -32,8 +34,9 @@ from bridge.api.fanout import open_sessions
 from bridge.api.forced import ForcedCall, ToolChoice, plan_tools
 from bridge.api.images import IMAGE_FETCHES
 from bridge.api.limits import OutputLimiter
-from bridge.api.middleware import ACCESS
+from bridge.api.middleware import ACCESS, METRICS
 from bridge.api.pending import PENDING, owner_of
+from bridge.api.replay import replayed_conversation, thread_is_here
 from bridge.api.responses_render import Frame, ResponseEcho, ResponseRenderer
 from bridge.api.schemas import (
     FlatFunctionTool,
@@ -53,7 +56,7 @@ from bridge.api.sse import ClientGone, SSEStream
 from bridge.api.stored_responses import Persist, input_items_of, saver
 from bridge.api.turns import TurnSession, caller_of, hold_headers, overall_deadline
 from bridge.api.validation import ignored_params_headers, parse_json_body
-from bridge.appkeys import CATALOG, SETTINGS, STORE
+from bridge.appkeys import CATALOG, SETTINGS, STATE, STORE
 from bridge.catalog import CatalogEntry
 from bridge.codex.events import ReasoningDelta, ToolCall, Usage
 from bridge.codex.turn import HistoryToolCall, HistoryToolOutput, ToolSpec, TurnRequest
@@ -207,6 +210,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     store = app[STORE]
     keep = req.store is not False
     continue_from = None
+    replayed: list[Item] | None = None
     previous_body: dict[str, Any] | None = None
     if req.previous_response_id:
         # Another key's response is as absent as one that never existed.
@@ -216,8 +220,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                 f"Previous response with id '{req.previous_response_id}' not found.",
                 param="previous_response_id",
             )
-        continue_from = (previous.thread_id, previous.turn_id)
         previous_body = previous.body
+        if await thread_is_here(app[STATE].homes, previous.thread_id):
+            continue_from = (previous.thread_id, previous.turn_id)
+        else:
+            # Another instance ran it (shared store): rebuilt from the store, not forked.
+            replayed = await replayed_conversation(store, previous, caller_of(request))
+            app[METRICS].replayed_continuations.inc()
     output_schema = None
     if req.text and isinstance(req.text.format, FormatJSONSchema):
         output_schema = req.text.format.schema_
@@ -283,6 +292,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             summary,
             continue_from,
             previous_body,
+            replayed,
         )
         sessions_cm = open_sessions(request, [turn_request], endpoint="responses", stream=stream)
     async with sessions_cm as sessions:
@@ -317,8 +327,10 @@ async def _turn_request(
     summary: str | None,
     continue_from: tuple[str, str] | None,
     previous_body: dict[str, Any] | None,
+    replayed: list[Item] | None,
 ) -> TurnRequest:
-    """The fresh turn of a request no parked turn took: images checked, history rebuilt."""
+    """The fresh turn of a request no parked turn took: images checked, history rebuilt
+    (ahead of it the `replayed` conversation, when its thread is on another instance)."""
     app = request.app
     # Images are measured (and remote ones fetched) before any worker sees them.
     conversation = await with_checked_images(
@@ -328,10 +340,12 @@ async def _turn_request(
         # Tool results for a response whose turn is gone: continue from its
         # thread, where the model's function call already is.
         conversation = [item for item in conversation if not isinstance(item, HistoryToolCall)]
-        if previous_body is not None and _was_forced(previous_body):
+        if replayed is None and previous_body is not None and _was_forced(previous_body):
             # A forced call's thread holds the structured reply, not a call:
             # the call comes from the stored response, ahead of its results.
             conversation = _with_forced_calls(conversation, previous_body)
+    if replayed is not None:
+        conversation = [*replayed, *conversation]
     return build_turn_request(
         conversation,
         codex_model=entry.codex_model,

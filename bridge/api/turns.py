@@ -47,6 +47,7 @@ from typing import Any, Final, cast
 
 import structlog
 from aiohttp import web
+from opentelemetry.trace import Span, Status, StatusCode, use_span
 
 from bridge.api.middleware import ACCESS, METRICS, AccessRecord, route_of
 from bridge.appkeys import LIMITS, POOL
@@ -65,6 +66,7 @@ from bridge.ops.admission import KEY_LIMITS
 from bridge.ops.auth import API_KEY
 from bridge.ops.usage import USAGE, row_for
 from bridge.store import ANONYMOUS_OWNER
+from bridge.tracing import tracer
 from bridge.worker.pool import Lease
 from bridge.worker.supervisor import Worker
 
@@ -189,6 +191,7 @@ class TurnSession:
         self._request = request
         self._stack = AsyncExitStack()
         self._turn: Turn | None = None
+        self._span: Span | None = None
         self._worker: Worker | None = None
         self._lease: Lease | None = None
         self.parked = False
@@ -227,17 +230,28 @@ class TurnSession:
         except BaseException:
             self._unregister()
             raise
+        # Ends when the turn is cleaned up; its JSON-RPC calls are its children.
+        span = tracer().start_span("turn", attributes={"codex_bridge.endpoint": self._endpoint})
+        self._span = span
         try:
             assert self._worker is not None and self._lease is not None
             if self._clock() >= self.deadline_at:
                 # The queue wait used up the request's time: no turn is started (or billed).
                 raise self.overall_deadline_passed()
             self._started = self._last_event = self._clock()
-            # Retried on Codex overload within the queue deadline, possibly on another worker.
-            self._turn = await self._start_continuation()
+            with use_span(span, end_on_exit=False, record_exception=False):
+                # Retried on Codex overload within the queue deadline, possibly on another
+                # worker; a continuation not in this account's home, on another account's.
+                self._turn = await self._start_continuation()
             self._follow_lease()
-        except BaseException:
+            span.set_attribute("codex_bridge.worker", self._lease.worker.id)
+            span.set_attribute("codex_bridge.thread_id", self._turn.thread_id)
+        except BaseException as exc:
             self._unregister()
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR))
+            span.end()
+            self._span = None
             await self._stack.aclose()
             raise
         self._record.turns += 1  # billed from here on, whatever the outcome
@@ -332,7 +346,8 @@ class TurnSession:
         """
         if self._worker is not None:
             return
-        self._worker = await self._take_slots(None, lease)
+        with tracer().start_as_current_span("admission"):
+            self._worker = await self._take_slots(None, lease)
 
     async def _take_slots(self, on: Worker | None, lease: Lease | None = None) -> Worker:
         """The caller's key slot and a worker slot (on `on`), into `_stack`; or `lease`,
@@ -511,6 +526,9 @@ class TurnSession:
                 if not self._accounted:
                     await self._await_final_usage(turn)
                 await turn.aclose()
+                if self._span is not None:
+                    self._span.set_attribute("codex_bridge.outcome", self._record.outcome)
+                    self._span.end()
         finally:
             await self._stack.aclose()
 

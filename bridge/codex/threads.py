@@ -6,7 +6,8 @@ rows in its own state database. Codex 0.163 (v2 dialect) has `thread/delete`,
 which removes both; it is used whenever a v2 worker is ready. Codex 0.77 (v1)
 has no delete, and a thread may outlive every worker that could delete it:
 then the rollout files themselves are removed (`sessions/` and
-`archived_sessions/`). Knows the method name and Codex's on-disk layout;
+`archived_sessions/`). `has_rollout` tells whether a thread is in this
+Codex home at all (on another instance's, it must be replayed). Knows the method name and Codex's on-disk layout;
 knows no HTTP and no stored-response records.
 """
 
@@ -70,6 +71,17 @@ async def delete_threads(
     if by_files:
         deleted += await asyncio.to_thread(remove_rollouts, codex_home, by_files)
     return deleted
+
+
+def has_rollout(codex_home: Path, thread_id: str) -> bool:
+    """Whether this Codex home holds the thread (so `thread/fork` can continue it here)."""
+    if not _THREAD_ID.match(thread_id):
+        return False
+    for name in _ROLLOUT_DIRS:
+        root = codex_home / name
+        if root.is_dir() and next(root.glob(f"*/*/*/rollout-*-{thread_id}.jsonl"), None):
+            return True
+    return False
 
 
 def remove_rollouts(codex_home: Path, thread_ids: set[str]) -> int:

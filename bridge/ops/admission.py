@@ -3,7 +3,9 @@
 Requests over a key's limit wait (FIFO, bounded by the pool's queue timeout)
 and then get 429. A fan-out takes its `n` slots in one step, all or none,
 holding none while it waits. The global and per-worker caps live in the
-worker pool; this is the per-caller layer in front of it.
+worker pool; this is the per-caller layer in front of it. `KeyLimits` counts
+on this instance; `bridge.ops.leases.RedisKeyLimits` holds the cap across
+every instance sharing a Redis (`store.url`), with the same all-or-none `count`.
 """
 
 from __future__ import annotations
@@ -12,13 +14,33 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from aiohttp import web
 
 from bridge.errors import RateLimited
+
+
+class ConcurrencyLimits(Protocol):
+    def in_use(self, name: str) -> int:
+        """Slots the key holds now, as far as this instance knows."""
+        ...
+
+    def hold(
+        self, name: str, limit: int, timeout: float, count: int = 1
+    ) -> AbstractAsyncContextManager[None]:
+        """`count` of the key's `limit` slots, all or none, waited for up to `timeout`;
+        RateLimited after."""
+        ...
+
+
+def key_limit_error(name: str, limit: int) -> RateLimited:
+    return RateLimited(
+        f"Too many concurrent requests for API key '{name}' (limit {limit}). Retry shortly.",
+        retry_after=1,
+    )
 
 
 @dataclass(slots=True)
@@ -72,11 +94,7 @@ class KeyLimits:
                     slots.waiters.remove(entry)
             self._grant(slots)
             if isinstance(exc, TimeoutError):
-                raise RateLimited(
-                    f"Too many concurrent requests for API key '{name}' (limit "
-                    f"{slots.limit}). Retry shortly.",
-                    retry_after=1,
-                ) from None
+                raise key_limit_error(name, slots.limit) from None
             raise
 
     @staticmethod
@@ -94,4 +112,4 @@ class KeyLimits:
             waiter.set_result(None)
 
 
-KEY_LIMITS: Final = web.AppKey("key_limits", KeyLimits)
+KEY_LIMITS: Final = web.AppKey("key_limits", ConcurrencyLimits)

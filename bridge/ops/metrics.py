@@ -267,9 +267,20 @@ class Metrics:
         )
         self.store_errors = Counter(
             "codex_bridge_store_errors",
-            "SQLite operations that failed (read-only, full, I/O error); the request was"
-            " still answered. store: responses or usage.",
+            "Store operations that failed (SQLite read-only, full, I/O error; Redis not"
+            " answering); the request was still answered. store: responses or usage.",
             ["store", "op"],
+            registry=r,
+        )
+        self.store_up = Gauge(
+            "codex_bridge_store_up",
+            "1 while the response store answers (always, for SQLite), 0 while a shared one (Redis) does not.",
+            registry=r,
+        )
+        self.replayed_continuations = Counter(
+            "codex_bridge_replayed_continuations",
+            "previous_response_id continued by replaying the stored conversation into a fresh"
+            " thread, because its Codex thread is not on this instance.",
             registry=r,
         )
         self.store_purged = Counter(

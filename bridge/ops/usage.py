@@ -26,7 +26,7 @@ import asyncio
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -187,30 +187,35 @@ class UsageLedger:
             f"FROM usage WHERE {where} GROUP BY day, key_name, model ORDER BY day, key_name, model"
         )
         rows = await self._db.run(lambda db: db.execute(sql, [start, DAY_S, *args]).fetchall())
-        days = (end - start + DAY_S - 1) // DAY_S
-        buckets = [
+        return day_buckets(rows, start, end)
+
+
+def day_buckets(rows: Iterable[Sequence[Any]], start: int, end: int) -> list[dict[str, Any]]:
+    """The page's buckets from (day, key, model, count, input, cached, output, reasoning) rows."""
+    days = (end - start + DAY_S - 1) // DAY_S
+    buckets = [
+        {
+            "object": "bucket",
+            "start_time": start + i * DAY_S,
+            "end_time": min(end, start + (i + 1) * DAY_S),
+            "results": [],
+        }
+        for i in range(days)
+    ]
+    for day, key, model, count, inp, cached, out, reasoning in rows:
+        buckets[day]["results"].append(
             {
-                "object": "bucket",
-                "start_time": start + i * DAY_S,
-                "end_time": min(end, start + (i + 1) * DAY_S),
-                "results": [],
+                "object": "organization.usage.completions.result",
+                "api_key_name": key,
+                "model": model,
+                "num_model_requests": count,
+                "input_tokens": inp,
+                "input_cached_tokens": cached,
+                "output_tokens": out,
+                "output_reasoning_tokens": reasoning,
             }
-            for i in range(days)
-        ]
-        for day, key, model, count, inp, cached, out, reasoning in rows:
-            buckets[day]["results"].append(
-                {
-                    "object": "organization.usage.completions.result",
-                    "api_key_name": key,
-                    "model": model,
-                    "num_model_requests": count,
-                    "input_tokens": inp,
-                    "input_cached_tokens": cached,
-                    "output_tokens": out,
-                    "output_reasoning_tokens": reasoning,
-                }
-            )
-        return buckets
+        )
+    return buckets
 
 
 USAGE: Final = web.AppKey("usage_ledger", UsageLedger)

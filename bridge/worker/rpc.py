@@ -21,6 +21,9 @@ from typing import Any, Final, Literal, Protocol
 
 import orjson
 import structlog
+from opentelemetry.trace import SpanKind
+
+from bridge.tracing import tracer
 
 # A line longer than this is dropped (the reader resyncs at the next newline).
 # Codex's item/completed carries a whole reply, so the cap is generous.
@@ -141,6 +144,16 @@ class RpcConnection:
     ) -> Any:
         if self.closed:
             raise ConnectionClosed(f"{self._name}: connection closed")
+        with tracer().start_as_current_span(
+            f"rpc {method}",
+            kind=SpanKind.CLIENT,
+            attributes={"rpc.system": "jsonrpc", "rpc.method": method},
+        ):
+            return await self._request(method, params, timeout=timeout)
+
+    async def _request(
+        self, method: str, params: Mapping[str, Any] | None, *, timeout: float
+    ) -> Any:
         request_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future

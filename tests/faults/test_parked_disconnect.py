@@ -37,6 +37,8 @@ async def test_a_parked_turn_holds_no_slot_is_released_at_its_timeout_and_its_fo
         **{
             # One turn slot: a parked turn that kept it would block every other request.
             "codex.max_turns_per_worker": 1,
+            # No stock of pre-warmed threads: its refills would be counted as the replay's.
+            "codex.prewarm_threads": 0,
             "codex.queue_timeout_s": 2.0,
             "codex.tool_call_timeout_s": TOOL_CALL_TIMEOUT_S,
         },

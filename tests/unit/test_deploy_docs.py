@@ -18,6 +18,7 @@ from bridge.config import FIELDS, Settings
 REPO: Final = Path(__file__).resolve().parents[2]
 DOCUMENTS: Final = (
     REPO / "docs" / "deploy.md",
+    REPO / "docs" / "scaling.md",
     REPO / "deploy" / "systemd" / "codex-bridge.service",
     REPO / "deploy" / "systemd" / "codex-bridge.env.example",
 )

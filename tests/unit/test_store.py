@@ -1,14 +1,18 @@
-"""The ResponseStore contract, for the SQLite default and the in-memory store alike."""
+"""The ResponseStore contract, for the SQLite default, the in-memory store and Redis (a real server) alike."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as redis
 
+from bridge.errors import StoreUnavailable
+from bridge.redis_store import RedisResponseStore
 from bridge.store import (
     ANONYMOUS_OWNER,
     MemoryResponseStore,
@@ -16,15 +20,20 @@ from bridge.store import (
     SqliteResponseStore,
     StoredResponse,
 )
+from tests.redis_server import RedisServer
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ResponseStore]:
-    made: ResponseStore = (
-        SqliteResponseStore(tmp_path / "bridge.sqlite3", ttl_s=60)
-        if request.param == "sqlite"
-        else MemoryResponseStore(ttl_s=60)
-    )
+    made: ResponseStore
+    if request.param == "sqlite":
+        made = SqliteResponseStore(tmp_path / "bridge.sqlite3", ttl_s=60)
+    elif request.param == "memory":
+        made = MemoryResponseStore(ttl_s=60)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        # One server for the session: each test its own key space.
+        made = RedisResponseStore(server.url, ttl_s=60, prefix=f"test-{uuid.uuid4().hex}:")
     yield made
     await made.close()
 
@@ -110,5 +119,66 @@ async def test_rows_from_before_owners_are_visible_to_the_anonymous_owner_only(
         assert legacy.owner is None and legacy.input_items == []
         await store.put(StoredResponse("resp_new", "t2", "u", time.time(), {}, "alice"))
         assert await store.get("resp_new", "alice") is not None
+    finally:
+        await store.close()
+
+
+async def test_a_redis_response_expires_by_itself_at_its_ttl(redis_server: RedisServer) -> None:
+    prefix = f"test-{uuid.uuid4().hex}:"
+    store = RedisResponseStore(redis_server.url, ttl_s=60, prefix=prefix)
+    try:
+        await store.put(_record("resp_ttl", "alice", age_s=10))
+        probe = redis.Redis.from_url(redis_server.url)
+        try:
+            left_ms = await probe.pttl(f"{prefix}resp:resp_ttl")
+        finally:
+            await probe.aclose()
+        # Redis drops it by itself ~50 s from now: no purge pass is needed for it to go.
+        assert 40_000 < left_ms <= 50_000
+    finally:
+        await store.close()
+
+
+async def test_a_response_stored_by_one_instance_is_read_and_deleted_by_another(
+    redis_server: RedisServer,
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex}:"
+    a = RedisResponseStore(redis_server.url, ttl_s=60, prefix=prefix)
+    b = RedisResponseStore(redis_server.url, ttl_s=60, prefix=prefix)
+    try:
+        await a.put(_record("resp_x", "alice", thread="t-x"))
+        found = await b.get("resp_x", "alice")
+        assert found is not None and found.thread_id == "t-x"
+        assert await b.delete("resp_x", "alice") is not None
+        assert await a.get("resp_x", "alice") is None
+        assert not await a.thread_in_use("t-x")
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_redis_down_answers_store_unavailable_and_the_store_recovers_when_it_returns(
+    own_redis: RedisServer,
+) -> None:
+    failed: list[str] = []
+    store = RedisResponseStore(own_redis.url, ttl_s=60, on_error=failed.append)
+    seen: list[bool] = []
+    store.on_change = seen.append
+    try:
+        await store.put(_record("resp_r", "alice"))
+        own_redis.stop()
+        with pytest.raises(StoreUnavailable) as raised:
+            await store.get("resp_r", "alice")
+        assert raised.value.status == 503 and raised.value.code == "store_unavailable"
+        assert not await store.ping()
+        assert store.available is False
+        # Counted as SQLite's failures are (codex_bridge_store_errors); a probe is not.
+        assert failed == ["get"]
+        own_redis.start()
+        # The same client, no restart: the next call reconnects.
+        assert await store.ping()
+        assert await store.get("resp_r", "alice") is not None
+        assert store.available is True
+        assert seen[-1] is True and False in seen
     finally:
         await store.close()
