@@ -61,7 +61,7 @@ from bridge.ops.leases import RedisKeyLimits
 from bridge.ops.metrics import Metrics
 from bridge.ops.statedir import StateLayout, prepare_state, private_dir
 from bridge.ops.usage_redis import RedisUsageLedger
-from bridge.redis_store import RedisResponseStore
+from bridge.redis_store import RedisBreaker, RedisResponseStore
 from bridge.retention import RETENTION, Retention
 from bridge.store import ResponseStore, SqliteResponseStore
 from bridge.tracing import PROVIDER, build_provider
@@ -86,6 +86,8 @@ log = structlog.get_logger("bridge.app")
 
 CODEX_VERSION: Final = version("openai-codex-cli-bin")
 DEMO: Final = web.AppKey("demo", DemoModel)
+REDIS_BREAKER: Final = web.AppKey("redis_breaker", RedisBreaker)
+"""With `store.url`: when Redis failed lately, every client of it skips it for a while."""
 # How long startup waits for the first worker before listing Codex's models;
 # the bridge serves (and /readyz says 503) meanwhile.
 CATALOG_DISCOVERY_TIMEOUT_S: Final = 120.0
@@ -142,6 +144,8 @@ def make_app(
     env = dict(os.environ if environ is None else environ)
     app[AUTH] = build_policy(settings, env)
     if settings.store.url:
+        # One for the store, the ledger and the leases: an outage one of them met, all skip.
+        app[REDIS_BREAKER] = RedisBreaker()
         # Per-key caps hold across every instance sharing this Redis.
         app.cleanup_ctx.append(_leases_ctx)
     else:
@@ -222,7 +226,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store: ResponseStore
     if settings.store.url:
         # Shared by every instance (and so is the usage ledger: `_usage_ctx`).
-        shared = RedisResponseStore(settings.store.url, ttl_s=ttl_s, on_error=on_error)
+        shared = RedisResponseStore(
+            settings.store.url, ttl_s=ttl_s, on_error=on_error, breaker=app[REDIS_BREAKER]
+        )
         shared.on_change = app[METRICS].store_up.set
         store = shared
     else:
@@ -240,7 +246,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _leases_ctx(app: web.Application) -> AsyncIterator[None]:
     url = app[SETTINGS].store.url
     assert url is not None
-    limits = RedisKeyLimits(url)
+    limits = RedisKeyLimits(url, breaker=app[REDIS_BREAKER])
     app[KEY_LIMITS] = limits
     yield
     await limits.close()
@@ -254,6 +260,7 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
         app[METRICS],
         app.get(POOL),
         app[SETTINGS].store.purge_interval_s,
+        in_use=functools.partial(stored_responses.thread_in_use, app),
     )
     app[RETENTION] = retention
     task = asyncio.create_task(retention.run(), name="retention")
@@ -268,7 +275,7 @@ async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:
     on_error = functools.partial(app[METRICS].store_error, "usage")
     # With a shared store, /v1/usage answers for every instance.
     ledger = (
-        RedisUsageLedger(url, on_error=on_error)
+        RedisUsageLedger(url, on_error=on_error, breaker=app[REDIS_BREAKER])
         if url
         else usage.UsageLedger(app[STATE].store_path, on_error=on_error)
     )

@@ -172,20 +172,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("login", "logout", "account"):
         from bridge import signin
 
-        if args.account_name is not None:
-            try:
+        try:
+            if args.account_name is not None:
                 settings = _one_account(settings, args)
-            except ConfigError as exc:
-                print(f"codex-bridge: error: {exc}", file=sys.stderr)
-                return EXIT_USAGE
+            # Before a key is read from stdin: without --account, codex.home is no worker's.
+            signin.require_one_home(settings)
+        except ConfigError as exc:
+            print(f"codex-bridge: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         from bridge.ops.logging import configure_logging
 
         # Codex's own stderr (sandbox notices) is not the user's business here.
         configure_logging("error", stream=sys.stderr)
         return signin.run(args.command, settings, args)
     if args.command == "check-config":
+        from bridge.ops.logging import redact_url
+
         effective = settings.model_dump()
         effective["auth"]["api_keys"] = ["[redacted]"] * len(settings.auth.api_keys)
+        # A Redis password (`redis://:pw@host`) or collector token rides in these URLs.
+        for section, key in (("store", "url"), ("tracing", "otlp_endpoint")):
+            if effective[section][key]:
+                effective[section][key] = redact_url(effective[section][key])
         print(orjson.dumps(effective, option=orjson.OPT_INDENT_2).decode())
         return 0
     from bridge.ops.statedir import InstanceLock, StateLayout

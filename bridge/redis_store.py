@@ -18,7 +18,10 @@ Layout, under `KEY_PREFIX`:
 Every call is bounded (`SOCKET_TIMEOUT_S`, `CONNECT_TIMEOUT_S`, one retry
 on a fresh connection); a Redis that does not answer raises
 `StoreUnavailable` (503) and flips `available`, which `/readyz` and the
-`codex_bridge_store_up` gauge report; each failed operation is also reported
+`codex_bridge_store_up` gauge report. After a failure, `RedisBreaker` (one
+shared by the store, the usage ledger and the key leases) skips Redis for
+`BREAKER_OPEN_S`, then lets one probe through (and `/readyz`'s ping always):
+a Redis that is away costs one timeout per window, not one per request; each failed operation is also reported
 through `on_error(op)` (`codex_bridge_store_errors`, as for SQLite). redis-py reconnects on the next call,
 so the bridge recovers by itself when Redis returns. Knows records and
 Redis; no HTTP, no Codex protocol.
@@ -34,7 +37,9 @@ import orjson
 import structlog
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from bridge.errors import StoreUnavailable
@@ -51,6 +56,8 @@ SOCKET_TIMEOUT_S: Final = 2.0
 RETRIES: Final = 1
 # Purge removes at most this many expired responses per pass (the next pass continues).
 PURGE_BATCH: Final = 1000
+# After Redis failed to answer, calls skip it (failing at once) this long; then one probe goes.
+BREAKER_OPEN_S: Final = 5.0
 
 T = TypeVar("T")
 
@@ -92,6 +99,65 @@ def connect(url: str) -> Redis:
     )
 
 
+class BreakerOpen(RedisConnectionError):
+    """Redis was skipped: it failed lately (a connection error to every caller's handler)."""
+
+
+class RedisBreaker:
+    """Skips Redis for `open_s` after it failed to answer, then lets one probe call through.
+
+    Only a Redis that did not answer (connection error, timeout) opens it; an
+    error Redis answered with is its answer. Shared by every client of one
+    Redis, so a store save, a key lease and a usage write learn of an outage
+    from each other's first timeout.
+    """
+
+    def __init__(
+        self, open_s: float = BREAKER_OPEN_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._open_s = open_s
+        self._clock = clock
+        self._open_until: float | None = None
+        """None: closed (Redis answers)."""
+        self._probing = False
+
+    @property
+    def open(self) -> bool:
+        return self._open_until is not None
+
+    async def call(self, work: Callable[[], Awaitable[T]], *, probe: bool = False) -> T:
+        """`work()`, or `BreakerOpen` at once while Redis is skipped.
+
+        A `probe` (the `/readyz` ping) always goes: it says whether Redis is
+        back, and closes the breaker when it is.
+        """
+        mine = False
+        if self._open_until is not None and not probe:
+            if self._probing or self._clock() < self._open_until:
+                raise BreakerOpen("Redis is skipped after a recent failure")
+            self._probing = mine = True
+        try:
+            result = await work()
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            if self._open_until is None:
+                log.warning("redis unreachable; skipped for a while", open_s=self._open_s)
+            self._open_until = self._clock() + self._open_s
+            raise
+        except RedisError:
+            self._close()  # Redis answered, with an error of its own
+            raise
+        finally:
+            if mine:  # ended, or cut short (cancelled): the next call may probe
+                self._probing = False
+        self._close()
+        return result
+
+    def _close(self) -> None:
+        if self._open_until is not None:
+            log.info("redis answers again")
+        self._open_until = None
+
+
 class RedisResponseStore:
     def __init__(
         self,
@@ -100,8 +166,10 @@ class RedisResponseStore:
         *,
         prefix: str = KEY_PREFIX,
         on_error: Callable[[str], None] | None = None,
+        breaker: RedisBreaker | None = None,
     ) -> None:
         self._redis = connect(url)
+        self._breaker = breaker or RedisBreaker()
         self._on_error = on_error
         self._ttl_s = ttl_s
         self._prefix = prefix
@@ -114,7 +182,7 @@ class RedisResponseStore:
 
     async def _call(self, op: str, work: Callable[[], Awaitable[T]]) -> T:
         try:
-            result = await work()
+            result = await self._breaker.call(work, probe=op == "ping")
         except (RedisError, OSError) as exc:
             self._set_available(False, exc)
             if self._on_error is not None and op != "ping":  # probes show in the gauge only

@@ -9,6 +9,10 @@ methods: `account/login/start` (`apiKey`, `chatgptDeviceCode`),
 `account/rateLimits/read`. So the user never needs to know where the Codex
 binary lives or which CODEX_HOME it must be given.
 
+With a pool of accounts (`codex.accounts`) the commands need `--account
+NAME`: `codex.home` is then served by no worker, so signing it in or out
+would change nothing the daemon uses.
+
 The instance lock is not taken: Codex shares its home between processes (its
 own CLI does), and a daemon serving the home restarts its workers when
 `auth.json` changes, within `codex.health_interval_s`. The commands say so
@@ -92,8 +96,18 @@ class Session:
             raise SigninError(str(exc)) from None
 
 
+def require_one_home(settings: Settings) -> None:
+    """ConfigError when `codex.accounts` is set: the commands act on one home, named by --account."""
+    if settings.codex.accounts:
+        names = ", ".join(item.partition("=")[0].strip() for item in settings.codex.accounts)
+        raise ConfigError(
+            f"codex.accounts is set, so name the account: --account NAME (one of: {names})"
+        )
+
+
 @contextlib.asynccontextmanager
 async def session(settings: Settings, env: Mapping[str, str]) -> AsyncIterator[Session]:
+    require_one_home(settings)
     codex_bin = resolve_codex_bin(settings)
     flavor = flavor_for(await codex_version(codex_bin))
     if not flavor.honours_cli_overrides:

@@ -8,7 +8,8 @@ responses back through each one's `previous_response_id`, oldest first,
 each as its input items then its output (messages, function calls with
 their outputs in place). The new turn starts a fresh thread with that
 history, and the answer is the one the client would have got from the
-instance holding the thread.
+instance holding the thread. Without a shared store no instance but this
+one ran the stored responses: the thread is forked without looking for it.
 
 What is not replayed: images (stored items keep no `data:` URLs), reasoning
 items, and responses of the chain that expired or were deleted (the
@@ -33,7 +34,9 @@ MAX_REPLAY_DEPTH: Final = 256
 
 
 async def thread_is_here(codex_homes: Sequence[Path], thread_id: str) -> bool:
-    """Whether one of this instance's Codex homes (one per account) holds the thread."""
+    """Whether one of this instance's Codex homes (one per account) holds the thread.
+
+    A glob over their session folders: asked only with a shared store (`store.url`)."""
     return await asyncio.to_thread(
         lambda: any(has_rollout(home, thread_id) for home in codex_homes)
     )

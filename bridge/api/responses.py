@@ -221,7 +221,10 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                 param="previous_response_id",
             )
         previous_body = previous.body
-        if await thread_is_here(app[STATE].homes, previous.thread_id):
+        # Without a shared store every stored response ran on this instance, so its thread
+        # is here: no glob over the homes' session folders on the request path.
+        shared = bool(app[SETTINGS].store.url)
+        if not shared or await thread_is_here(app[STATE].homes, previous.thread_id):
             continue_from = (previous.thread_id, previous.turn_id)
         else:
             # Another instance ran it (shared store): rebuilt from the store, not forked.

@@ -292,6 +292,9 @@ class TurnSession:
 
         Not for a continuation (its thread lives in this account's Codex home)
         nor a turn resumed with tool results; at most once per other worker.
+        The session holds the old, ended turn until the new one has started: a
+        start that fails raises the limit's own error (429, Retry-After), not
+        the retry's; a shutdown meanwhile starts no new turn.
         """
         lease, old = self._lease, self._turn
         if (
@@ -308,7 +311,9 @@ class TurnSession:
         if moved is None:
             return False
         self._failovers += 1
+        # The old turn ended with this event, its usage in it: nothing to interrupt or wait for.
         self._account(failed.usage)
+        self._ended = True
         with contextlib.suppress(Exception):
             await old.aclose()
         log.warning(
@@ -317,11 +322,37 @@ class TurnSession:
             to_account=moved.config.account,
         )
         self._follow_lease()
-        self._ended = self._accounted = False
-        self._turn = await self._start()
-        self._follow_lease()
-        self._record.turns += 1
+        turn: Turn | None = None
+        if self._aborted is None:
+            try:
+                turn = await self._start_again()
+            except Exception as exc:
+                # The slot the lease moved to is given back with the session's stack.
+                log.warning("retry on another account failed", error=repr(exc))
+                self._record.outcome = failed.error.code or "error"
+                raise failed.error from exc
+        if turn is not None:
+            self._turn = turn
+            self._ended = self._accounted = False
+            self._follow_lease()
+            self._record.turns += 1
+            if self._span is not None:
+                self._span.set_attribute("codex_bridge.worker", lease.worker.id)
+                self._span.set_attribute("codex_bridge.thread_id", turn.thread_id)
+                self._span.set_attribute("codex_bridge.failovers", self._failovers)
+        if self._aborted is not None:
+            if turn is None:
+                self._record.outcome = self._aborted.code or "error"
+                raise self._aborted
+            await self._end_aborted(self._aborted)
         return True
+
+    async def _start_again(self) -> Turn:
+        """`_start`, under the request's turn span (as in `__aenter__`) when there is one."""
+        if self._span is None:
+            return await self._start()
+        with use_span(self._span, end_on_exit=False, record_exception=False):
+            return await self._start()
 
     def _unregister(self) -> None:
         if self._registry is not None:

@@ -15,13 +15,16 @@ first locally and then as `count` leases in one script run, so it never
 holds part of its slots in Redis while it waits; across instances a waiter polls for a free
 lease every `POLL_S` until its wait (the pool's queue timeout) ends in 429.
 A Redis that does not answer degrades to the local cap (logged, gauge
-`codex_bridge_store_up`): chat keeps working while Redis is away.
+`codex_bridge_store_up`): chat keeps working while Redis is away; after such a
+failure the shared `RedisBreaker` skips Redis for a while, so the requests
+meanwhile do not each wait out a timeout first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -32,7 +35,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from bridge.ops.admission import KeyLimits, key_limit_error
-from bridge.redis_store import KEY_PREFIX, connect
+from bridge.redis_store import KEY_PREFIX, RedisBreaker, connect
 
 log = structlog.get_logger("bridge.leases")
 
@@ -78,8 +81,10 @@ class RedisKeyLimits:
         prefix: str = KEY_PREFIX,
         lease_s: float = LEASE_S,
         renew_s: float = RENEW_S,
+        breaker: RedisBreaker | None = None,
     ) -> None:
         self._redis = connect(url)
+        self._breaker = breaker or RedisBreaker()
         self._prefix = prefix
         self._lease_ms = int(lease_s * 1000)
         self._renew_s = renew_s
@@ -135,8 +140,8 @@ class RedisKeyLimits:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                got, held = await self._acquire(
-                    keys=[key], args=[base, limit, self._lease_ms, count]
+                got, held = await self._breaker.call(
+                    lambda: self._acquire(keys=[key], args=[base, limit, self._lease_ms, count])
                 )
             except (RedisError, OSError) as exc:
                 self._set_available(False, exc)
@@ -161,9 +166,9 @@ class RedisKeyLimits:
         for member in members:
             self._held.pop(member, None)
         try:
-            await self._redis.zrem(key, *members)
+            await self._breaker.call(lambda: self._redis.zrem(key, *members))
             self._seen[key.removeprefix(f"{self._prefix}slots:")] = int(
-                await self._redis.zcard(key)
+                await self._breaker.call(lambda: self._redis.zcard(key))
             )
         except (RedisError, OSError) as exc:
             # The lease runs out by itself after LEASE_S.
@@ -180,7 +185,11 @@ class RedisKeyLimits:
             if not held:
                 break
             try:
-                await self._renew(keys=list(held.values()), args=[self._lease_ms, *held])
+                await self._breaker.call(
+                    functools.partial(
+                        self._renew, keys=list(held.values()), args=[self._lease_ms, *held]
+                    )
+                )
             except (RedisError, OSError) as exc:
                 log.warning("leases not renewed", error=repr(exc))
 

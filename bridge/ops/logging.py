@@ -4,12 +4,14 @@ Every line is one JSON object with `timestamp`, `level`, `msg` and whatever
 the request bound (request id, worker). A redaction processor masks
 credential-like keys always and drops message content unless
 `log_content` is on. stdlib loggers (aiohttp, asyncio) go through the same
-pipeline.
+pipeline. URLs anywhere in a line lose their credentials (`redact_url`):
+a `redis://:password@host` in `store.url` must never reach the journal.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Final, TextIO
@@ -28,11 +30,26 @@ _SECRET_KEYS: Final = (
 )
 _CONTENT_KEYS: Final = frozenset({"prompt", "content", "text", "messages", "input", "delta"})
 REDACTED: Final = "[redacted]"
+# `scheme://userinfo@`: the whole userinfo goes, a user name can be a token (`https://TOKEN@host`);
+# up to the netloc's last `@`, as urlsplit (and so redis-py) reads an unescaped `@` in a password.
+_URL_USERINFO: Final = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s]*@")
+# `?password=...` (redis-py reads it from the query too), `&api_key=...`, `&token=...`.
+_URL_SECRET_PARAM: Final = re.compile(
+    r"([?&][^=&#\s]*(?:" + "|".join(_SECRET_KEYS) + r")[^=&#\s]*=)[^&#\s]*", re.IGNORECASE
+)
 
 
 def _is_secret(key: str) -> bool:
     lowered = key.lower()
     return any(marker in lowered for marker in _SECRET_KEYS)
+
+
+def redact_url(text: str) -> str:
+    """`text` with the credentials of every URL in it replaced: userinfo and secret query values."""
+    if "://" not in text:
+        return text
+    text = _URL_USERINFO.sub(rf"\1{REDACTED}@", text)
+    return _URL_SECRET_PARAM.sub(rf"\1{REDACTED}", text)
 
 
 def make_redactor(log_content: bool) -> Any:
@@ -42,6 +59,8 @@ def make_redactor(log_content: bool) -> Any:
                 event[key] = REDACTED
             elif key in _CONTENT_KEYS and not log_content:
                 del event[key]
+            elif isinstance(event[key], str):
+                event[key] = redact_url(event[key])
         return event
 
     return redact

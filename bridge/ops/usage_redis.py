@@ -6,7 +6,8 @@ in batches) into one sorted set scored by time, and `/v1/usage` aggregates
 the window from there, whichever instance serves it. Rows older than
 `KEEP_S` are trimmed as new ones are written. A batch Redis refuses is kept
 (up to `RETRY_MAX` rows) and written with the next one; a query while Redis
-is away answers 503 `store_unavailable`. Knows ledger rows and Redis; the
+is away answers 503 `store_unavailable` (at once while the shared
+`RedisBreaker` skips a Redis that failed lately). Knows ledger rows and Redis; the
 HTTP handler is `bridge.ops.usage.get_usage`.
 """
 
@@ -25,7 +26,7 @@ from redis.exceptions import RedisError
 
 from bridge.errors import StoreUnavailable
 from bridge.ops.usage import DAY_S, UsageLedger, UsageRow, day_buckets
-from bridge.redis_store import KEY_PREFIX, connect
+from bridge.redis_store import KEY_PREFIX, RedisBreaker, connect
 
 log = structlog.get_logger("bridge.usage")
 
@@ -42,8 +43,10 @@ class RedisUsageLedger(UsageLedger):
         *,
         prefix: str = KEY_PREFIX,
         on_error: Callable[[str], None] | None = None,
+        breaker: RedisBreaker | None = None,
     ) -> None:
         self._on_error = on_error
+        self._breaker = breaker or RedisBreaker()
         self._queue: asyncio.Queue[UsageRow | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._redis = connect(url)
@@ -80,11 +83,15 @@ class RedisUsageLedger(UsageLedger):
             ): r.ts
             for r in batch
         }
-        try:
+
+        async def write() -> None:
             async with self._redis.pipeline(transaction=True) as tx:
                 tx.zadd(self._key, members)
                 tx.zremrangebyscore(self._key, "-inf", time.time() - KEEP_S)
                 await tx.execute()
+
+        try:
+            await self._breaker.call(write)
         except (RedisError, OSError) as exc:
             if len(batch) > RETRY_MAX:
                 log.error("usage rows dropped: Redis unavailable", rows=len(batch) - RETRY_MAX)
@@ -97,7 +104,9 @@ class RedisUsageLedger(UsageLedger):
 
     async def buckets(self, start: int, end: int, key_name: str | None) -> list[dict[str, Any]]:
         try:
-            raw: Any = await self._redis.zrangebyscore(self._key, start, f"({end}")
+            raw: Any = await self._breaker.call(
+                lambda: self._redis.zrangebyscore(self._key, start, f"({end}")
+            )
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(
                 "The usage ledger (Redis) is unavailable right now.", retry_after=2

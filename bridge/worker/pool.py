@@ -435,23 +435,30 @@ class WorkerPool:
     ) -> list[Worker] | None:
         """`count` slots that are free now, or None; one slot follows `_pick`.
 
-        A fan-out's slots go to the least-loaded workers, within their adaptive
-        limits first, then past them up to `max_turns_per_worker` (see `take_slots`).
+        A fan-out's slots go to workers whose account can take turns (as in
+        `_preference`), a resting or signed-out one only when no such worker has
+        room left; among them within their adaptive limits first, then past them
+        up to `max_turns_per_worker` (see `take_slots`), by headroom, then load.
         """
         if count == 1:
             worker = self._pick(on, avoid)
             return None if worker is None else [worker]
         load = {w.id: w.active_turns for w in self.workers}
+        # The account's rank is read once: it must not change between the slots of one fan-out.
+        rank = {w.id: self.rank(w) for w in self.workers}
+
+        def key(worker: Worker) -> tuple[bool, bool, float, int]:
+            within = load[worker.id] < self.turn_limit(worker)
+            headroom = rank[worker.id]
+            return (headroom is not None, within, headroom or 0.0, -load[worker.id])
+
         picked: list[Worker] = []
         for _ in range(count):
             best: Worker | None = None
             for worker in self.workers:
                 if not worker.ready or load[worker.id] >= self.max_turns_per_worker:
                     continue
-                if best is None or (
-                    load[worker.id] < self.turn_limit(worker),
-                    -load[worker.id],
-                ) > (load[best.id] < self.turn_limit(best), -load[best.id]):
+                if best is None or key(worker) > key(best):
                     best = worker
             if best is None:
                 return None

@@ -196,3 +196,31 @@ async def test_a_turn_codex_accepted_is_interrupted_when_its_start_was_cut_short
         # Nobody reads that turn any more: Codex was told to stop it.
         await _until_fake(worker, "interrupted", 1)
         assert len((await _fake_turns(worker))["started"]) == 1
+
+
+async def test_a_fanout_takes_its_slots_on_ranked_accounts_when_another_account_rests(
+    tmp_path: Path,
+) -> None:
+    seen = Recorder()
+    configs = [fake_config(tmp_path / "resting"), fake_config(tmp_path / "ranked")]
+    async with running(configs, seen, max_turns_per_worker=4, queue_timeout_s=WAIT_S) as pool:
+        resting, ranked = pool.workers
+        pool.rank = lambda worker: None if worker is resting else 50.0
+        leases = await asyncio.wait_for(pool.take_slots(2), WAIT_S)
+        assert [lease.worker for lease in leases] == [ranked, ranked]
+        for granted in leases:
+            pool.give_back(granted)
+
+
+async def test_a_fanout_falls_back_to_a_resting_account_only_when_ranked_ones_are_full(
+    tmp_path: Path,
+) -> None:
+    seen = Recorder()
+    configs = [fake_config(tmp_path / "resting"), fake_config(tmp_path / "ranked")]
+    async with running(configs, seen, max_turns_per_worker=1, queue_timeout_s=WAIT_S) as pool:
+        resting, ranked = pool.workers
+        pool.rank = lambda worker: None if worker is resting else 50.0
+        leases = await asyncio.wait_for(pool.take_slots(2), WAIT_S)
+        assert [lease.worker for lease in leases] == [ranked, resting]
+        for granted in leases:
+            pool.give_back(granted)

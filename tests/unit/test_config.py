@@ -247,3 +247,21 @@ def test_worker_count_follows_the_cpu_count_when_workers_is_zero() -> None:
     assert [worker_count(auto, cpus) for cpus in (1, 2, 3, 8)] == [1, 1, 1, 4]
     fixed = load_settings(config_path=None, env={"BRIDGE_WORKERS": "3"}, overrides={})
     assert worker_count(fixed, 2) == 3
+
+
+@pytest.mark.parametrize("command", [["login", "--with-api-key"], ["logout"], ["account"]])
+def test_account_commands_exit_2_naming_the_accounts_when_a_pool_is_configured_without_account(
+    command: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(
+        "BRIDGE_CODEX_ACCOUNTS", f"work={tmp_path / 'work'},home={tmp_path / 'home'}"
+    )
+    reached: list[str] = []
+    monkeypatch.setattr("bridge.signin.run", lambda name, *_: reached.append(name) or 0)
+    assert main([*command, "--state-dir", str(tmp_path / "state")]) == 2
+    err = capsys.readouterr().err
+    assert "--account" in err and "work, home" in err
+    assert not reached  # codex.home, which no worker of the pool uses, is left alone

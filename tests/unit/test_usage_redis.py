@@ -10,6 +10,7 @@ import pytest
 from bridge.errors import StoreUnavailable
 from bridge.ops.usage import DAY_S, UsageRow
 from bridge.ops.usage_redis import RedisUsageLedger
+from bridge.redis_store import BREAKER_OPEN_S, RedisBreaker
 from tests.redis_server import RedisServer
 
 
@@ -51,7 +52,9 @@ async def test_rows_recorded_while_redis_is_away_are_written_when_it_returns(
     own_redis: RedisServer,
 ) -> None:
     failed: list[str] = []
-    ledger = RedisUsageLedger(own_redis.url, on_error=failed.append)
+    clock = [0.0]
+    breaker = RedisBreaker(clock=lambda: clock[0])
+    ledger = RedisUsageLedger(own_redis.url, on_error=failed.append, breaker=breaker)
     now = int(time.time())
     try:
         own_redis.stop()
@@ -61,6 +64,7 @@ async def test_rows_recorded_while_redis_is_away_are_written_when_it_returns(
         with pytest.raises(StoreUnavailable):
             await ledger.buckets(now - 1, now + 1, None)
         own_redis.start()
+        clock[0] += BREAKER_OPEN_S  # Redis is skipped for a while after a failure, then probed
         await ledger.flush()
         (bucket,) = await ledger.buckets(now - 1, now + 1, None)
         assert [r["num_model_requests"] for r in bucket["results"]] == [1]
