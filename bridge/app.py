@@ -55,6 +55,7 @@ from bridge.config import (
 )
 from bridge.demo import DEMO_MODEL_ID, DemoModel
 from bridge.ops import auth, usage
+from bridge.ops.account_rests import SharedAccountRests
 from bridge.ops.admission import KEY_LIMITS, KeyLimits
 from bridge.ops.auth import AUTH, auth_middleware, build_policy, metrics_guard
 from bridge.ops.leases import RedisKeyLimits
@@ -158,6 +159,9 @@ def make_app(
     # The first account: with no `codex.accounts`, the only one.
     app[ACCOUNT] = next(iter(app[ACCOUNTS].values()))
     app[METRICS].watch_accounts(app[ACCOUNTS])
+    if settings.store.url:
+        # An account at its usage limit rests on every instance sharing this Redis.
+        app.cleanup_ctx.append(_rests_ctx)
 
     app.cleanup_ctx.append(lambda a: _state_ctx(a, env))
     app.cleanup_ctx.append(_store_ctx)
@@ -250,6 +254,15 @@ async def _leases_ctx(app: web.Application) -> AsyncIterator[None]:
     app[KEY_LIMITS] = limits
     yield
     await limits.close()
+
+
+async def _rests_ctx(app: web.Application) -> AsyncIterator[None]:
+    url = app[SETTINGS].store.url
+    assert url is not None
+    rests = SharedAccountRests(url, app[ACCOUNTS])
+    rests.start()
+    yield
+    await rests.close()
 
 
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -67,7 +67,13 @@ async def readyz(request: web.Request) -> web.Response:
     }
     if len(accounts) > 1:
         body["accounts"] = {
-            name: {**_public(state), "reason": state.reason} for name, state in accounts.items()
+            name: {
+                **_public(state),
+                "reason": state.reason,
+                # At its usage limit, as found here or by any instance sharing the store.
+                "resting_until": state.usage_reset_at(),
+            }
+            for name, state in accounts.items()
         }
     if signed_out:
         body["reason"] = NOT_SIGNED_IN_REASON

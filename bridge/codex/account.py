@@ -14,6 +14,8 @@ known, keyed by `limitId`). What the bridge concludes:
   turn that succeeds or a new sign-in.
 - *usage limit*: a window at 100 % with a `resetsAt`; `usage_reset_at()` is
   when the plan has room again (the `Retry-After` of `UsageLimitReached`).
+  With a shared store, a rest another instance found counts too
+  (`shared_rest_until`, kept by `bridge.ops.account_rests`).
 
 An app-server does not re-read `auth.json` once running, so
 `CredentialsWatch` tells the supervisor when the file changed (a
@@ -76,6 +78,8 @@ class AccountState:
     credentials_refused: bool = False
     rest_until: int | None = None
     """Set when a usage limit came without any window saying when it resets."""
+    shared_rest_until: int | None = None
+    """The rest another instance found (epoch seconds; `bridge.ops.account_rests`)."""
     limits: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The last rate-limit snapshot per `limitId`, merged from sparse updates."""
     listeners: list[Callable[[AccountState], None]] = field(default_factory=list)
@@ -124,7 +128,16 @@ class AccountState:
         return out
 
     def usage_reset_at(self, now: float | None = None) -> int | None:
-        """When every exhausted window has reset (epoch seconds), if one is exhausted now."""
+        """When every exhausted window has reset (epoch seconds), if one is exhausted now,
+        as this instance found it or another instance sharing the account's name."""
+        now = time.time() if now is None else now
+        local = self.local_reset_at(now)
+        shared = self.shared_rest_until
+        resets = [t for t in (local, shared) if t is not None and t > now]
+        return max(resets) if resets else None
+
+    def local_reset_at(self, now: float | None = None) -> int | None:
+        """`usage_reset_at` as this instance's own workers found it."""
         now = time.time() if now is None else now
         rested = [self.rest_until] if self.rest_until is not None and self.rest_until > now else []
         resets = rested + [

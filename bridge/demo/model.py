@@ -60,6 +60,8 @@ class DemoModel:
         self._idle_ms = stream_idle_timeout_ms
         self._runner: web.AppRunner | None = None
         self._requests: list[dict[str, Any]] = []
+        self.credentials: list[str] = []
+        """The `Authorization` header of each recorded request (which account sent it)."""
         self._ids = itertools.count(1)
         self._stopping = asyncio.Event()
         self.aborted_streams = 0
@@ -153,12 +155,14 @@ class DemoModel:
                 },
                 status=400,
             )
+        credential = request.headers.get("Authorization", "")
         self._requests.append(body)
         del self._requests[:-MAX_RECORDED]
+        self.credentials.append(credential)
+        del self.credentials[:-MAX_RECORDED]
         script = parse_script(body)
         if script.ttfb_ms:
             await asyncio.sleep(script.ttfb_ms / 1000)
-        credential = request.headers.get("Authorization", "")
         if REFUSED_KEY_MARKER in credential:
             return web.json_response(
                 {

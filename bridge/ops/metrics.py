@@ -135,8 +135,15 @@ class _AccountCollector(Collector):
             "When each Codex rate-limit window resets (Unix time).",
             labels=["account", "limit", "window"],
         )
+        resting = GaugeMetricFamily(
+            "codex_bridge_account_resting_until_seconds",
+            "Until when the account rests at its usage limit (Unix time; 0: it does not), "
+            "as found by this instance or any instance sharing the store.",
+            labels=["account"],
+        )
         for name, account in accounts.items():
             signed_in.add_metric([name], 1 if account.account_type is not None else 0)
+            resting.add_metric([name], account.usage_reset_at() or 0)
             usable.add_metric([name, account.reason or "ok"], 0 if account.reason else 1)
             for w in account.windows():
                 labels = [name, w.limit_id, w.window]
@@ -147,6 +154,7 @@ class _AccountCollector(Collector):
                     resets.add_metric(labels, w.resets_at)
         yield signed_in
         yield usable
+        yield resting
         yield used
         yield minutes
         yield resets
