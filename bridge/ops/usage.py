@@ -87,6 +87,20 @@ class UsageRow:
     output_tokens: int
     reasoning_tokens: int
 
+    def values(self) -> tuple[float, str, str, str, int, int, int, int, int]:
+        """The row's columns in table order (the SQLite row, the Redis member)."""
+        return (
+            self.ts,
+            self.key_name,
+            self.model,
+            self.endpoint,
+            self.status,
+            self.input_tokens,
+            self.cached_tokens,
+            self.output_tokens,
+            self.reasoning_tokens,
+        )
+
 
 class UsageLedger:
     def __init__(self, path: Path, *, on_error: Callable[[str], None] | None = None) -> None:
@@ -157,20 +171,7 @@ class UsageLedger:
                 self._on_error("insert")
 
     async def _write(self, rows: list[UsageRow]) -> None:
-        values = [
-            (
-                r.ts,
-                r.key_name,
-                r.model,
-                r.endpoint,
-                r.status,
-                r.input_tokens,
-                r.cached_tokens,
-                r.output_tokens,
-                r.reasoning_tokens,
-            )
-            for r in rows
-        ]
+        values = [r.values() for r in rows]
         await self._db.run(
             lambda db: db.executemany("INSERT INTO usage VALUES (?,?,?,?,?,?,?,?,?)", values)
         )
