@@ -127,13 +127,13 @@ class WorkerConfig:
     health_interval_s: float
     stop_grace_s: float
     max_queued_events: int = 4096
+    """Events one turn may buffer unread (`codex.max_queued_events`); read by the driver."""
     max_turns: int = 0
     """Turns one process may start before it is recycled (`codex.worker_max_turns`); 0 = no bound."""
     max_rss_mb: int = 0
     """Resident memory (MiB) past which a process is recycled (`codex.worker_max_rss_mb`); 0 = no bound."""
     drain_timeout_s: float = 900.0
     """How long a recycled process's running turns may take to finish (`codex.request_deadline_s`)."""
-    """Events one turn may buffer unread (`codex.max_queued_events`); read by the driver."""
     prewarm_threads: int = 0
     """Started threads a worker keeps in stock (`codex.prewarm_threads`); read by the driver."""
     version: str = "0"
