@@ -40,9 +40,20 @@ from bridge.api.middleware import (
 from bridge.api.pending import PENDING, PendingToolCalls
 from bridge.api.tracing import tracing_middleware
 from bridge.api.turns import TURNS, TurnRegistry
-from bridge.appkeys import ACCOUNT, ACCOUNTS, CATALOG, LIMITS, POOL, SETTINGS, STATE, STORE
+from bridge.appkeys import (
+    ACCOUNT,
+    ACCOUNTS,
+    AFFINITY,
+    CATALOG,
+    LIMITS,
+    POOL,
+    SETTINGS,
+    STATE,
+    STORE,
+)
 from bridge.catalog import CatalogEntry, ModelCatalog
 from bridge.codex.account import AccountState, account_rank
+from bridge.codex.affinity import ConversationIndex
 from bridge.codex.dialect import account_driver_factory
 from bridge.codex.selfcheck import check_worker_tools
 from bridge.codex.turn import TurnLimits
@@ -155,6 +166,14 @@ def make_app(
     app[PENDING] = pending
     app[TURNS] = TurnRegistry()
     app[METRICS].parked_turns.set_function(lambda: len(pending))
+    if settings.codex.affinity:
+        affinity = app[AFFINITY] = ConversationIndex(
+            profile=settings.codex.profile,
+            max_threads=settings.codex.affinity_max_threads,
+            ttl_s=settings.codex.affinity_ttl_s,
+            observe=lambda outcome: app[METRICS].affinity.labels(outcome).inc(),
+        )
+        app[METRICS].affinity_threads.set_function(lambda: len(affinity))
     app[ACCOUNTS] = {name: AccountState() for name, _ in resolve_accounts(settings, env)}
     # The first account: with no `codex.accounts`, the only one.
     app[ACCOUNT] = next(iter(app[ACCOUNTS].values()))
@@ -415,12 +434,17 @@ async def _pool_ctx(
     discovery = None
     if demo is None:
         discovery = asyncio.create_task(_discover_models(pool, app[CATALOG]))
+    affinity = app.get(AFFINITY)
+    sweeper = asyncio.create_task(affinity.run_sweeper()) if affinity is not None else None
     yield
     await app[PENDING].close()
-    if discovery is not None:
-        discovery.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await discovery
+    for task in (discovery, sweeper):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if affinity is not None:
+        affinity.clear()  # the held threads go with their workers
     await pool.stop()
 
 

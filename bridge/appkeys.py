@@ -8,6 +8,7 @@ from aiohttp import web
 
 from bridge.catalog import ModelCatalog
 from bridge.codex.account import AccountState
+from bridge.codex.affinity import ConversationIndex
 from bridge.codex.turn import TurnLimits
 from bridge.config import Settings
 from bridge.ops.statedir import StateLayout
@@ -23,3 +24,5 @@ ACCOUNTS: Final = web.AppKey("accounts", dict[str, AccountState])
 LIMITS: Final = web.AppKey("limits", TurnLimits)
 STORE: Final = web.AppKey("store", ResponseStore)
 STATE: Final = web.AppKey("state", StateLayout)
+AFFINITY: Final = web.AppKey("affinity", ConversationIndex)
+"""Held conversation threads (`codex.affinity`); absent when it is off."""

@@ -97,6 +97,9 @@ class CodexSettings(_Frozen):
     max_parked_turns: Annotated[int, Field(ge=0)] = 64
     max_queued_events: Annotated[int, Field(ge=1024)] = 4096
     prewarm_threads: Annotated[int, Field(ge=0, le=64)] = 2
+    affinity: bool = True
+    affinity_max_threads: Annotated[int, Field(ge=0)] = 256
+    affinity_ttl_s: Annotated[float, Field(gt=0)] = 600.0
     agent_view_image: bool = False
     agent_web_search: bool = False
     env_passthrough: tuple[str, ...] = ()
@@ -438,6 +441,27 @@ FIELDS: Final = (
         "prewarm_threads",
         "BRIDGE_PREWARM_THREADS",
         "Ephemeral threads each worker starts ahead of time, while it runs no turn, for the configurations in use (0: off).",
+    ),
+    FieldDoc(
+        "codex",
+        "affinity",
+        "BRIDGE_AFFINITY",
+        "Conversation affinity: a chat conversation re-sent with one more message continues "
+        "the Codex thread that answered it (one upstream prompt cache key, no replay); per "
+        "API key, in memory, Codex 0.163+ only.",
+    ),
+    FieldDoc(
+        "codex",
+        "affinity_max_threads",
+        "BRIDGE_AFFINITY_MAX_THREADS",
+        "Idle conversation threads held at most, bridge-wide (least recently kept let go "
+        "first; at most 32 per API key).",
+    ),
+    FieldDoc(
+        "codex",
+        "affinity_ttl_s",
+        "BRIDGE_AFFINITY_TTL_S",
+        "Seconds a conversation's idle thread is held for its next turn.",
     ),
     FieldDoc(
         "codex",

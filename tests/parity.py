@@ -166,6 +166,11 @@ async def parity_bridge(dialect: str, home: Path) -> AsyncIterator[tuple[Running
         # refill would interleave its thread/start. The warm path sends the same
         # params and gives the same output (tests/integration/test_prewarm.py).
         "codex.prewarm_threads": 0,
+        # Likewise a kept conversation thread: a kept turn sends no thread/unsubscribe,
+        # and a later scenario re-sending its conversation would skip thread/start and
+        # inject. The model receives the same conversation either way
+        # (tests/integration/test_affinity.py).
+        "codex.affinity": False,
     }
     if dialect == "v1":
         overrides["codex.bin"] = str(LEGACY_CODEX)

@@ -4,8 +4,10 @@ Translates a validated `ChatCompletionRequest` into a `TurnRequest`
 (leading system/developer messages become instructions, the rest of the
 conversation is replayed with its roles, the last user message is the turn's
 input), runs it through a `TurnSession`, and renders the events as one
-`chat.completion` or as `chat.completion.chunk` SSE frames. Knows OpenAI chat
-shapes and turn events; knows no JSON-RPC.
+`chat.completion` or as `chat.completion.chunk` SSE frames. A single choice
+that ended by itself with text only offers its reply to conversation
+affinity (`TurnSession.keep_conversation`). Knows OpenAI chat shapes and
+turn events; knows no JSON-RPC.
 """
 
 from __future__ import annotations
@@ -331,6 +333,9 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         # Admission and turn start happen before any byte is sent, so their
         # errors are plain JSON with a real status (error middleware).
         sessions_cm = open_sessions(request, [turn_request] * n, endpoint="chat", stream=stream)
+    # One choice of a fresh turn whose reply is the model's text: its thread may be kept
+    # for the conversation's next turn (`TurnSession.keep_conversation`).
+    keepable = parked is None and n == 1 and plan.forced is None and not legacy
     async with sessions_cm as sessions:
         server = app[SETTINGS].server
         if stream:
@@ -341,6 +346,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             writer = _ChunkWriter(
                 sse, req.model, include_usage, n, legacy=legacy, reasoning=reasoning
             )
+            reply = Reply(writer)
             try:
                 await sse.open()
                 try:
@@ -349,10 +355,12 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
                         waiting = await drive(
                             sessions,
                             limiters,
-                            writer,
+                            reply if keepable else writer,
                             keepalive_s=server.sse_keepalive_s,
                             forced=plan.forced,
                         )
+                        if keepable and reply.whole:
+                            await sessions[0].keep_conversation(reply.received)
                         await writer.end()
                     if not legacy:
                         park_waiting(pending, sessions, waiting)
@@ -372,6 +380,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             park_waiting(pending, sessions, waiting)
         if isinstance(req.response_format, JSONObjectFormat):
             collector.check_json()
+        if keepable and collector.reasons[0] == "stop" and not collector.calls[0]:
+            await sessions[0].keep_conversation("".join(collector.texts[0]))
         return web.Response(
             body=orjson.dumps(collector.body(req.model)),
             content_type="application/json",
@@ -392,6 +402,39 @@ def park_waiting(
 ) -> None:
     for index, calls in waiting.items():
         pending.park(sessions[index], [call.call_id for call in calls])
+
+
+class Reply:
+    """A single-choice stream's sink, recording what its client received of the reply."""
+
+    __slots__ = ("_parts", "_sink", "whole")
+
+    def __init__(self, sink: _ChunkWriter) -> None:
+        self._sink = sink
+        self._parts: list[str] = []
+        self.whole = False
+        """The reply ended by itself ("stop") with text only: no tool call, nothing cut."""
+
+    @property
+    def received(self) -> str:
+        return "".join(self._parts)
+
+    async def text(self, index: int, text: str) -> None:
+        self._parts.append(text)
+        await self._sink.text(index, text)
+
+    async def reasoning(self, index: int, delta: ReasoningDelta) -> None:
+        await self._sink.reasoning(index, delta)
+
+    async def tool_call(self, index: int, call: ToolCall) -> None:
+        await self._sink.tool_call(index, call)
+
+    async def finish(self, index: int, reason: str, usage: Usage) -> None:
+        self.whole = reason == "stop"
+        await self._sink.finish(index, reason, usage)
+
+    async def keepalive(self) -> None:
+        await self._sink.keepalive()
 
 
 class ReasoningText:

@@ -26,6 +26,12 @@ has headroom (the client sees no error while one has), and a continuation
 (`previous_response_id`) whose thread lives in another account's Codex home
 is started there.
 
+Conversation affinity (`bridge.codex.affinity`): a single-choice request
+whose history a held thread holds takes that thread's tip before admission,
+prefers its worker, and runs its turn there in place (else it starts cold
+and gives the tip back); the endpoint calls `keep_conversation` with the
+reply its client received, which keeps the thread for the next turn.
+
 A turn that ends in client tool calls is handed over to the pending registry
 (`bridge.api.pending`) and gives its key and worker slots back when its
 request ends: a turn that waits for a client holds no capacity. The request that brings the results
@@ -50,7 +56,9 @@ from aiohttp import web
 from opentelemetry.trace import Span, Status, StatusCode, use_span
 
 from bridge.api.middleware import ACCESS, METRICS, AccessRecord, route_of
-from bridge.appkeys import LIMITS, POOL
+from bridge.appkeys import AFFINITY, LIMITS, POOL
+from bridge.codex import affinity
+from bridge.codex.affinity import Tip
 from bridge.codex.dialect import start_turn
 from bridge.codex.events import Failed, Finished, TextDelta, ToolCall, TurnEvent, Usage
 from bridge.codex.turn import Turn, TurnRequest
@@ -218,6 +226,14 @@ class TurnSession:
         self._peeked: TurnEvent | None = None
         self._failovers = 0
         self._registry = app.get(TURNS)
+        # Conversation affinity (`bridge.codex.affinity`): the digest of the
+        # request's history while the turn may continue a held thread or leave
+        # one; the tip taken for it until the turn has started.
+        self._affinity = app.get(AFFINITY)
+        self._digest: bytes | None = None
+        self._tip: Tip | None = None
+        self._held_tried = False
+        self._kept: bool | None = None
         # Set by `abort` (shutdown); the wait for the next event is cut short through it.
         self._aborted: BridgeError | None = None
         self._waiting: asyncio.Timeout | None = None
@@ -243,10 +259,12 @@ class TurnSession:
                 # Retried on Codex overload within the queue deadline, possibly on another
                 # worker; a continuation not in this account's home, on another account's.
                 self._turn = await self._start_continuation()
+            self._settle_tip(self._turn)
             self._follow_lease()
             span.set_attribute("codex_bridge.worker", self._lease.worker.id)
             span.set_attribute("codex_bridge.thread_id", self._turn.thread_id)
         except BaseException as exc:
+            self._settle_tip(None)
             self._unregister()
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR))
@@ -260,9 +278,76 @@ class TurnSession:
     async def _start(self) -> Turn:
         assert self._lease is not None
         # Retried on Codex overload within the queue deadline, possibly on another worker.
-        return await self._pool.start_on(
-            self._lease, lambda worker: start_turn(worker, self._request)
-        )
+        return await self._pool.start_on(self._lease, self._start_on)
+
+    async def _start_on(self, worker: Worker) -> Turn:
+        """The turn on `worker`: on the conversation's held thread when it lives there."""
+        request = self._request
+        tip = self._tip
+        if tip is not None and tip.worker is worker and worker.pid == tip.pid:
+            self._held_tried = True
+            request = dataclasses.replace(request, on_thread=tip.thread_id)
+        return await start_turn(worker, request)
+
+    def _look_up_conversation(self) -> Worker | None:
+        """Takes the tip of the conversation this request extends; returns its worker to prefer."""
+        index, request = self._affinity, self._request
+        if index is None or not affinity.eligible(request):
+            return None
+        ready = self._pool.any_ready()
+        if ready is not None and ready.dialect != "v2":
+            return None  # v1 keeps no threads
+        digest = affinity.start_digest(caller_of(self._http), request, index.profile)
+        self._digest = affinity.extend(digest, request.history)
+        if not request.history:
+            return None  # a new conversation: nothing to continue, but it may be kept
+        self._tip = index.take(caller_of(self._http), self._digest)
+        self._metrics.affinity.labels("hit" if self._tip else "miss").inc()
+        return self._tip.worker if self._tip is not None else None
+
+    def _settle_tip(self, started: Turn | None) -> None:
+        """After the start (or its failure): the taken tip is used up, or given back."""
+        tip, self._tip = self._tip, None
+        if tip is None or self._affinity is None:
+            return
+        if started is not None and started.thread_id == tip.thread_id:
+            return  # continued in place
+        lease = self._lease
+        if self._held_tried and (started is None or (lease and lease.worker is tip.worker)):
+            # Codex refused the thread, or the start failed on it: its state is unknown.
+            self._metrics.affinity.labels("gone").inc()
+            affinity.release_thread(tip)
+            return
+        if started is not None:
+            self._metrics.affinity.labels("elsewhere").inc()
+        assert self._digest is not None
+        self._affinity.put(self._digest, tip)
+
+    async def keep_conversation(self, reply_text: str) -> bool:
+        """The client received exactly `reply_text` as the turn's whole answer: keep its thread.
+
+        Called by an endpoint that answered one choice whose turn finished by
+        itself (not cut by a limit, no tool call). When Codex's thread holds
+        exactly that reply (`Turn.keep_thread`), it stays loaded and the next
+        request that re-sends this conversation continues it in place.
+        """
+        turn, index, digest = self._turn, self._affinity, self._digest
+        if turn is None or index is None or digest is None or self._use or self._closed:
+            return False
+        worker, pid = self._worker, self._worker_pid
+        if worker is None or pid is None or not turn.keep_thread(reply_text):
+            self._kept = False
+            self._metrics.affinity.labels("mismatch").inc()
+            return False
+        # Closed now, not with the session: the thread must be out of this turn's
+        # hands before another request can take it (a stream's client may send
+        # its next turn as soon as it has read the end).
+        await turn.aclose()
+        tip = index.new_tip(caller_of(self._http), worker, pid, turn.thread_id)
+        index.put(affinity.after_turn(digest, self._request, reply_text), tip)
+        self._kept = True
+        self._metrics.affinity.labels("kept").inc()
+        return True
 
     async def _start_continuation(self) -> Turn:
         """Starts the turn; a continuation not found in this account's home is tried in the others'."""
@@ -377,16 +462,25 @@ class TurnSession:
         """
         if self._worker is not None:
             return
-        with tracer().start_as_current_span("admission"):
-            self._worker = await self._take_slots(None, lease)
+        # A fan-out's choices (a lease given) never continue or keep a conversation.
+        prefer = self._look_up_conversation() if lease is None else None
+        try:
+            with tracer().start_as_current_span("admission"):
+                self._worker = await self._take_slots(None, lease, prefer)
+        except BaseException:
+            self._settle_tip(None)
+            raise
 
-    async def _take_slots(self, on: Worker | None, lease: Lease | None = None) -> Worker:
-        """The caller's key slot and a worker slot (on `on`), into `_stack`; or `lease`,
-        whose key slot the fan-out holds."""
+    async def _take_slots(
+        self, on: Worker | None, lease: Lease | None = None, prefer: Worker | None = None
+    ) -> Worker:
+        """The caller's key slot and a worker slot (on `on`, else `prefer` if it has room),
+        into `_stack`; or `lease`, whose key slot the fan-out holds."""
         try:
             if lease is None:
                 await self._stack.enter_async_context(key_slots(self._http))
-                lease = await self._stack.enter_async_context(self._pool.lease_slot(on))
+                slot = self._pool.lease_slot(on, prefer=prefer)
+                lease = await self._stack.enter_async_context(slot)
             else:
                 self._stack.callback(self._pool.give_back, lease)
             worker = lease.worker
@@ -436,6 +530,8 @@ class TurnSession:
         if self._turn is not None:
             backlog = self._turn.backlog_high_water
             self._metrics.event_backlog.labels(self._endpoint).observe(backlog)
+            if self._digest is not None and self._kept is None:
+                self._metrics.affinity.labels("not_kept").inc()
         await _bounded_cleanup(self._cleanup())
 
     @asynccontextmanager

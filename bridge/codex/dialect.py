@@ -20,7 +20,9 @@ probe; knows no OpenAI shapes and nothing about processes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections import deque
 from pathlib import Path
 from typing import Any, Final
 
@@ -75,6 +77,12 @@ class CodexDriver:
         self._starting = 0
         self.stock = ThreadStock(config.prewarm_threads, config.rpc_timeout_s, busy=self._busy)
         self._router.on_empty = self.stock.idle
+        # Held conversation threads to unload (`release_thread`), closed one at a
+        # time by a single task: evictions never pile up tasks or RPCs.
+        self._releasing: deque[tuple[RpcConnection, str]] = deque()
+        self._releaser: asyncio.Task[None] | None = None
+        self._conn: RpcConnection | None = None
+        """The current process's connection (from `select` until `connection_lost`)."""
 
     # -- WorkerDriver --------------------------------------------------------------------
     def capabilities(self) -> dict[str, Any]:
@@ -96,6 +104,8 @@ class CodexDriver:
 
     async def select(self, conn: RpcConnection) -> None:
         """Chooses the dialect for this process; raises RpcTimeout / ConnectionClosed."""
+        self._conn = conn
+        self._releasing.clear()
         if self._credentials is not None:
             self._credentials.reset()  # this process read auth.json as it is now
         if self._config.dialect != "auto":
@@ -130,6 +140,8 @@ class CodexDriver:
         await self._read_account(conn)
 
     def connection_lost(self) -> None:
+        self._conn = None
+        self._releasing.clear()
         self.stock.reset()
         self._router.connection_lost()
 
@@ -141,7 +153,7 @@ class CodexDriver:
         if self.name == "v1":
             return await v1.start_turn(conn, self._router, request, self._settings)
         prewarmed = None
-        if v2.prewarmable(request):
+        if request.on_thread is None and v2.prewarmable(request):
             prewarmed = self.stock.take(v2.thread_start_params(request, self._settings))
         self._starting += 1
         try:
@@ -150,6 +162,31 @@ class CodexDriver:
             )
         finally:
             self._starting -= 1
+
+    def release_thread(self, thread_id: str) -> None:
+        """Unloads a held conversation thread of the current process (`thread/unsubscribe`).
+
+        In the background, best effort, each call bounded; a thread of an
+        earlier process died with it (the caller checks the pid).
+        """
+        conn = self._conn
+        if conn is None or conn.closed or self.name != "v2":
+            return
+        self._releasing.append((conn, thread_id))
+        if self._releaser is None or self._releaser.done():
+            self._releaser = asyncio.get_running_loop().create_task(self._release_all())
+
+    async def _release_all(self) -> None:
+        while self._releasing:  # bounded: each thread is released once
+            conn, thread_id = self._releasing.popleft()
+            if conn.closed:
+                continue
+            with contextlib.suppress(ConnectionClosed, RpcTimeout, RpcError):
+                await conn.request(
+                    "thread/unsubscribe",
+                    {"threadId": thread_id},
+                    timeout=v2.UNSUBSCRIBE_TIMEOUT_S,
+                )
 
     def _busy(self) -> bool:
         """A turn runs or starts: pre-warming waits, it never competes with requests."""

@@ -76,6 +76,10 @@ class TurnRequest:
     """Keep the thread on disk so a later request can continue it."""
     continue_from: tuple[str, str] | None = None
     """(thread id, turn id) of a stored response: fork that thread instead of starting one."""
+    on_thread: str | None = None
+    """An idle ephemeral thread of the leased worker that already holds exactly `history`
+    (conversation affinity, `bridge.codex.affinity`): the turn runs on it, with no thread
+    start and no replay; if Codex no longer has it, the turn starts cold after all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,16 @@ class Turn(Protocol):
         """Answer a pending client tool call; False if the turn is not waiting for it."""
         ...
 
+    def keep_thread(self, reply_text: str) -> bool:
+        """Keep the thread loaded after `aclose` for the conversation's next turn.
+
+        Only when the turn completed by itself with exactly one reply message
+        whose text is `reply_text` (what the client received) and nothing else
+        (no tool call): then the thread holds what the client will re-send.
+        False (and the thread is closed as usual) otherwise.
+        """
+        ...
+
     async def aclose(self) -> None:
-        """Release the turn's resources (thread subscription); idempotent."""
+        """Release the turn's resources (thread subscription unless kept); idempotent."""
         ...

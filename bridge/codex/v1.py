@@ -230,6 +230,9 @@ class V1Turn(QueuedTurn):
     async def answer_tool_call(self, params: dict[str, Any]) -> dict[str, Any]:
         raise RpcError(-32601, "client tools are not available on v1")
 
+    def keep_thread(self, reply_text: str) -> bool:
+        return False  # conversation affinity is v2 only: a v1 conversation is always closed
+
     async def aclose(self) -> None:
         if self._closed:
             return

@@ -5,7 +5,11 @@ messages through `thread/inject_items` with their roles, `turn/start` with the
 new input, then `item/agentMessage/delta` / `item/reasoning/summaryTextDelta` /
 `thread/tokenUsage/updated` / `error` / `turn/completed` until the turn ends.
 One thread per concurrent request: a second `turn/start` on a busy thread
-would steer the running turn.
+would steer the running turn. With conversation affinity
+(`bridge.codex.affinity`) a request may instead run on an idle thread that
+already holds its history (`TurnRequest.on_thread`): `turn/start` only, and
+a turn whose thread holds exactly what its client received is not
+unsubscribed at close (`V2Turn.keep_thread`).
 
 Knows v2 method names and payloads; knows no OpenAI shapes and nothing about
 processes (it talks to an `RpcConnection` it is given).
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -67,6 +72,12 @@ TOOL_UNAVAILABLE: Final = {
 # Neutral instruction for the plain profile when the client sends no system
 # message: it replaces Codex's 20-40 KB agent prompt (NOTES: S3, per-turn cost).
 PLAIN_DEFAULT_INSTRUCTIONS: Final = "You are a helpful assistant."
+
+# Items a kept thread may hold besides its one reply: the cold path replays
+# the user message, and Codex keeps the reasoning of a thread's turns (as
+# `previous_response_id` does). Anything else (a tool call, a command) was
+# never shown to the client, so a thread holding it is not kept.
+KEEPABLE_ITEMS: Final = ("userMessage", "reasoning")
 
 # Notifications the bridge never reads; opting out saves the worker the
 # serialization and us the parse (they arrive on every turn).
@@ -227,18 +238,42 @@ async def start_turn(
 
     `prewarmed` is a thread started ahead of time with exactly the params
     `thread_start_params` gives for this request (`bridge.codex.prewarm`).
+    With `request.on_thread` the turn runs on that thread as it is (it holds
+    the history already); a thread Codex refuses (gone) falls back to the
+    cold path within the call.
     """
-    timeout = settings.rpc_timeout_s
+    if request.on_thread is not None:
+        try:
+            return await _run_turn(conn, router, request, settings, request.on_thread, held=True)
+        except _HeldThreadGone:
+            log.info("held conversation thread refused; starting cold", thread=request.on_thread)
+            request = dataclasses.replace(request, on_thread=None)
     if prewarmed is not None:
         thread_id = prewarmed
     else:
         thread_id = await _open_thread(conn, request, settings)
+    return await _run_turn(conn, router, request, settings, thread_id, held=False)
 
+
+class _HeldThreadGone(Exception):
+    """turn/start on a held thread was refused: Codex no longer has it (or it is busy)."""
+
+
+async def _run_turn(
+    conn: RpcConnection,
+    router: ThreadRouter,
+    request: TurnRequest,
+    settings: ThreadSettings,
+    thread_id: str,
+    *,
+    held: bool,
+) -> V2Turn:
+    timeout = settings.rpc_timeout_s
     turn = V2Turn(conn, router, thread_id, settings, request)
     router.add(thread_id, turn)
     requested = False
     try:
-        items = history_items(request)
+        items = [] if held else history_items(request)
         if items:
             await conn.request(
                 "thread/inject_items", {"threadId": thread_id, "items": items}, timeout=timeout
@@ -263,6 +298,8 @@ async def start_turn(
             # No answer (or a cancel) is no refusal: Codex may run the turn.
             await shielded(turn.interrupt_unconfirmed())
         await turn.aclose()
+        if held and type(exc) is RpcError:
+            raise _HeldThreadGone from exc
         if isinstance(exc, START_ERRORS):
             raise start_error(exc, "turn/start") from exc
         raise
@@ -328,6 +365,12 @@ class V2Turn(QueuedTurn):
         self._emitted_any = False
         self._tool_calls: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._turn_known = asyncio.Event()
+        # What the turn left in its thread, for `keep_thread`: the final text of
+        # each reply message, and whether anything else (a tool call) is there.
+        self._completed = False
+        self._replies: list[str] = []
+        self._foreign_items = False
+        self._keep = False
 
     def set_turn_id(self, turn_id: str) -> None:
         self.turn_id = turn_id
@@ -367,6 +410,8 @@ class V2Turn(QueuedTurn):
                         part if isinstance(part, int) else 0,
                     )
                 )
+        elif method == "item/completed":
+            self._on_item(params.get("item"))
         elif method == "thread/tokenUsage/updated":
             last = (params.get("tokenUsage") or {}).get("last")
             if isinstance(last, dict):
@@ -383,6 +428,7 @@ class V2Turn(QueuedTurn):
             self._done = True
             status = turn.get("status")
             if status == "completed":
+                self._completed = True
                 if self._account is not None:
                     self._account.succeeded()
                 self._ready.append(Finished("stop", self._unbilled()))
@@ -397,6 +443,7 @@ class V2Turn(QueuedTurn):
                 )
                 self._ready.append(Failed(error, self._unbilled()))
         elif method == TOOL_CALL:
+            self._foreign_items = True
             arguments = params.get("arguments")
             name = str(params.get("tool"))
             text = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
@@ -436,6 +483,27 @@ class V2Turn(QueuedTurn):
 
     def _unbilled(self) -> Usage:
         return self._usage.minus(self._billed)
+
+    def _on_item(self, item: Any) -> None:
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "agentMessage":
+            self._replies.append(str(item.get("text") or ""))
+        elif kind not in KEEPABLE_ITEMS:
+            self._foreign_items = True
+
+    def keep_thread(self, reply_text: str) -> bool:
+        # An image sent with turn/start is recorded in Codex's own shape, which
+        # the replayed path (inject_items) need not reproduce: such a turn is not kept.
+        images = self._request is not None and bool(self._request.input_images)
+        self._keep = (
+            self._completed
+            and not images
+            and not self._foreign_items
+            and self._replies == [reply_text]
+            and not self._closed
+            and not self._conn.closed
+        )
+        return self._keep
 
     def _on_delta(self, item_id: Any, delta: str) -> None:
         # Codex retries a dropped model stream by replaying the reply from its
@@ -503,8 +571,8 @@ class V2Turn(QueuedTurn):
         self._abandon_tool_calls()
         self._router.remove(self.thread_id)
         await self._reap_overflow()
-        if self._conn.closed:
-            return
+        if self._conn.closed or self._keep:
+            return  # a kept thread is the conversation's, for its next turn
         # Unloads the ephemeral thread so a long-lived worker does not grow.
         with contextlib.suppress(ConnectionClosed, RpcTimeout, RpcError):
             await self._conn.request(

@@ -291,6 +291,21 @@ class Metrics:
             " thread, because its Codex thread is not on this instance.",
             registry=r,
         )
+        self.affinity = Counter(
+            "codex_bridge_conversation_affinity",
+            "Conversation affinity by outcome: hit (the turn ran on the conversation's held"
+            " thread), miss, elsewhere (its worker had no free slot), gone (Codex refused the"
+            " held thread), stale (its worker restarted), kept (a thread held after its turn),"
+            " not_kept (reply cut, tool call, error), mismatch (the thread holds more than the"
+            " client received), evicted, expired.",
+            ["outcome"],
+            registry=r,
+        )
+        self.affinity_threads = Gauge(
+            "codex_bridge_affinity_threads",
+            "Idle Codex threads held for the next turn of their conversation.",
+            registry=r,
+        )
         self.store_purged = Counter(
             "codex_bridge_store_purged",
             "Expired stored responses removed, and Codex threads deleted with them.",

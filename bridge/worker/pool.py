@@ -26,7 +26,10 @@ halves it; afterwards it grows by one per window; always between 1 and
 With several accounts (one Codex home each), `rank(worker)` — set by the
 pool's builder — says how much headroom the worker's account has (higher is
 better) or None when it can take no turn now (drained until its usage limit
-resets, signed out); `_pick` prefers ready workers by rank, then by load, and
+resets, signed out); `_pick` prefers ready workers whose account can take
+turns, then the worker a request prefers (`lease_slot(prefer=...)`: it holds
+the request's conversation thread; only ever among workers within their
+limit), then by headroom, then by load, and
 falls back to unranked workers only when every account is out (the turn then
 fails with the account's own error). `move(lease, exclude)` gives a lease's
 slot back and takes one on another worker: a request whose turn hit a usage
@@ -130,6 +133,7 @@ class _Waiter:
     avoid: Worker | None
     count: int = 1
     """Slots wanted at once: more than one for a fan-out, all handed over together."""
+    prefer: Worker | None = None
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -249,12 +253,16 @@ class WorkerPool:
 
     # -- admission ---------------------------------------------------------------------
     @asynccontextmanager
-    async def lease_slot(self, on: Worker | None = None) -> AsyncIterator[Lease]:
+    async def lease_slot(
+        self, on: Worker | None = None, *, prefer: Worker | None = None
+    ) -> AsyncIterator[Lease]:
         """A turn slot on the least-loaded ready worker, or on `on` (a parked turn resuming
         on the worker its Codex thread lives in), as a `Lease` that `start_on` can move to
-        another worker."""
+        another worker. `prefer` (a worker holding the conversation's thread) goes first
+        among the workers whose account can take turns, when it is within its limit; else
+        the slot goes elsewhere as usual."""
         deadline = asyncio.get_running_loop().time() + self.queue_timeout_s
-        (worker,) = await self._acquire(on, None, deadline)
+        (worker,) = await self._acquire(on, None, deadline, prefer=prefer)
         lease = Lease(worker, deadline)
         try:
             yield lease
@@ -353,7 +361,13 @@ class WorkerPool:
         return best
 
     async def _acquire(
-        self, on: Worker | None, avoid: Worker | None, deadline: float, count: int = 1
+        self,
+        on: Worker | None,
+        avoid: Worker | None,
+        deadline: float,
+        count: int = 1,
+        *,
+        prefer: Worker | None = None,
     ) -> list[Worker]:
         if self.closing:
             self.observer.rejected("shutting_down")
@@ -367,7 +381,7 @@ class WorkerPool:
         self._dispatch()
         # A queued fan-out keeps its place: a later arrival does not take the slots it waits for.
         blocked = any(w.count > 1 for w in self._waiters)
-        picked = None if blocked else self._pick_many(on, avoid, count)
+        picked = None if blocked else self._pick_many(on, avoid, count, prefer)
         if picked is not None:
             for worker in picked:
                 worker.active_turns += 1
@@ -380,7 +394,7 @@ class WorkerPool:
                 f"{len(self._waiters)} queued. Retry shortly.",
                 retry_after=1,
             )
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), on, avoid, count)
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), on, avoid, count, prefer)
         self._waiters.append(waiter)
         try:
             async with asyncio.timeout_at(deadline):
@@ -420,7 +434,7 @@ class WorkerPool:
             if waiter.future.done():
                 self._waiters.remove(waiter)
                 continue
-            picked = self._pick_many(waiter.on, waiter.avoid, waiter.count)
+            picked = self._pick_many(waiter.on, waiter.avoid, waiter.count, waiter.prefer)
             if picked is None:
                 if waiter.count > 1:
                     break  # a fan-out keeps its place: later waiters do not starve it
@@ -431,7 +445,7 @@ class WorkerPool:
             waiter.future.set_result(picked)
 
     def _pick_many(
-        self, on: Worker | None, avoid: Worker | None, count: int
+        self, on: Worker | None, avoid: Worker | None, count: int, prefer: Worker | None = None
     ) -> list[Worker] | None:
         """`count` slots that are free now, or None; one slot follows `_pick`.
 
@@ -441,7 +455,7 @@ class WorkerPool:
         up to `max_turns_per_worker` (see `take_slots`), by headroom, then load.
         """
         if count == 1:
-            worker = self._pick(on, avoid)
+            worker = self._pick(on, avoid, prefer)
             return None if worker is None else [worker]
         load = {w.id: w.active_turns for w in self.workers}
         # The account's rank is read once: it must not change between the slots of one fan-out.
@@ -466,21 +480,32 @@ class WorkerPool:
             picked.append(best)
         return picked
 
-    def _pick(self, on: Worker | None, avoid: Worker | None = None) -> Worker | None:
+    def _pick(
+        self, on: Worker | None, avoid: Worker | None = None, prefer: Worker | None = None
+    ) -> Worker | None:
         best: Worker | None = None
-        best_key: tuple[bool, bool, float, int] | None = None
+        best_key: tuple[bool, bool, bool, float, int] | None = None
         for worker in self.workers if on is None else (on,):
             if not worker.ready or worker.active_turns >= self.turn_limit(worker):
                 continue
-            key = self._preference(worker, avoid)
+            key = self._preference(worker, avoid, prefer)
             if best_key is None or key > best_key:
                 best, best_key = worker, key
         return best
 
-    def _preference(self, worker: Worker, avoid: Worker | None) -> tuple[bool, bool, float, int]:
-        """Not the avoided worker, then an account that can take turns, its headroom, its load."""
+    def _preference(
+        self, worker: Worker, avoid: Worker | None, prefer: Worker | None = None
+    ) -> tuple[bool, bool, bool, float, int]:
+        """Not the avoided worker, then an account that can take turns, then the preferred
+        worker (it holds the conversation's thread), the account's headroom, the load."""
         rank = self.rank(worker)
-        return (worker is not avoid, rank is not None, rank or 0.0, -worker.active_turns)
+        return (
+            worker is not avoid,
+            rank is not None,
+            worker is prefer,
+            rank or 0.0,
+            -worker.active_turns,
+        )
 
     def _release(self, worker: Worker) -> None:
         worker.active_turns -= 1

@@ -87,7 +87,7 @@ class _Pool:
         self.given_back: list[int] = []
 
     @asynccontextmanager
-    async def lease_slot(self, on: Any = None) -> AsyncIterator[Lease]:
+    async def lease_slot(self, on: Any = None, *, prefer: Any = None) -> AsyncIterator[Lease]:
         lease = Lease(cast(Worker, self.workers[0]), asyncio.get_running_loop().time() + WAIT_S)
         try:
             yield lease
