@@ -366,6 +366,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
                         park_waiting(pending, sessions, waiting)
                 except BridgeError as exc:
                     await writer.error(exc)
+                await sse.end()
             except ClientGone as gone:
                 # A deadline or failure that came first stays the request's outcome.
                 if request[ACCESS].outcome == "ok":
@@ -488,6 +489,9 @@ class _Collector:
         self.usage = self.usage + usage
 
     async def keepalive(self) -> None:
+        pass
+
+    async def flush(self) -> None:
         pass
 
     def check_json(self) -> None:
@@ -661,6 +665,9 @@ class _ChunkWriter:
 
     async def keepalive(self) -> None:
         await self._stream.keepalive()
+
+    async def flush(self) -> None:
+        await self._stream.flush()
 
     async def end(self) -> None:
         if self._include_usage:

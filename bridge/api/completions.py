@@ -117,6 +117,10 @@ class _Choices:
         if self._stream is not None:
             await self._stream.keepalive()
 
+    async def flush(self) -> None:
+        if self._stream is not None:
+            await self._stream.flush()
+
     def body(self) -> dict[str, Any]:
         choices = [
             {"text": text, "index": i, "logprobs": None, "finish_reason": self.reasons[i]}
@@ -189,6 +193,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
             except BridgeError as exc:
                 await stream.data(orjson.dumps(exc.envelope()))
                 await stream.done()
+            await stream.end()
         except ClientGone as gone:
             # A deadline or failure that came first stays the request's outcome.
             if request[ACCESS].outcome == "ok":

@@ -39,6 +39,9 @@ class ChoiceSink(Protocol):
     async def tool_call(self, index: int, call: ToolCall) -> None: ...
     async def finish(self, index: int, reason: str, usage: Usage) -> None: ...
     async def keepalive(self) -> None: ...
+    async def flush(self) -> None:
+        """Sends what the sink buffered; called before waiting for an event that is not there yet."""
+        ...
 
 
 async def drive(
@@ -60,7 +63,8 @@ async def drive(
     # Closed on the way out (a failed choice raises here), so its per-choice
     # readers stop before the sessions clean up: a reader still running
     # would swallow the final event each cleanup waits for.
-    async with contextlib.aclosing(merged_events(sessions, keepalive_s=keepalive_s)) as events:
+    merged = merged_events(sessions, keepalive_s=keepalive_s, on_idle=sink.flush)
+    async with contextlib.aclosing(merged) as events:
         async for index, event in events:
             if event is None:
                 await sink.keepalive()

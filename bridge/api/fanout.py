@@ -10,16 +10,18 @@ holds some slots while it waits for the rest, and one within the
 advertised capacity is admitted at once on an idle pool, whatever the
 workers' adaptive limits. The queue timeout bounds any wait (429).
 `merged_events` then yields `(choice index, event)` pairs as they come,
-with `None` events as keepalive ticks. A deadline in one choice becomes
-that choice's `Failed` event. With one session it is a straight loop, no
-tasks.
+with `None` events as keepalive ticks, and awaits `on_idle` (the stream's
+flush) each time it is about to wait for an event that is not there yet,
+so events that are ready together leave in one write. A deadline in one
+choice becomes that choice's `Failed` event. With one session it is a
+straight loop, no tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Final
 
@@ -97,11 +99,16 @@ async def open_sessions(
 
 
 async def merged_events(
-    sessions: Sequence[TurnSession], *, keepalive_s: float | None = None
+    sessions: Sequence[TurnSession],
+    *,
+    keepalive_s: float | None = None,
+    on_idle: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncGenerator[tuple[int, TurnEvent | None], None]:
     if len(sessions) == 1:
         session = sessions[0]
         while True:
+            if on_idle is not None and not session.has_event():
+                await on_idle()
             try:
                 event = await session.next_event(keepalive_s=keepalive_s)
             except BridgeError as exc:
@@ -129,6 +136,8 @@ async def merged_events(
     remaining = len(sessions)
     try:
         while remaining:
+            if on_idle is not None and queue.empty():
+                await on_idle()
             try:
                 async with asyncio.timeout(keepalive_s):
                     index, event = await queue.get()

@@ -401,6 +401,10 @@ class _Sink:
         if self._stream is not None:
             await self._stream.keepalive()
 
+    async def flush(self) -> None:
+        if self._stream is not None:
+            await self._stream.flush()
+
 
 async def _stream(
     request: web.Request,
@@ -428,6 +432,7 @@ async def _stream(
                 )
         except BridgeError as exc:
             await sink.send(renderer.fail(exc, None))
+        await stream.end()
     except ClientGone as gone:
         # A deadline or failure that came first stays the request's outcome.
         if request[ACCESS].outcome == "ok":

@@ -1,10 +1,15 @@
 """Server-sent events on an aiohttp StreamResponse: framing, keepalives, disconnects, stalls.
 
-Frames are written one per `write` (aiohttp applies backpressure). A write to
-a client that went away raises `ClientGone`; a write that waits longer than
-`server.sse_write_timeout_s` for a client that does not read raises
-`ClientStalled` (a `ClientGone`). Handlers treat both as the end of the
-request: their turn is interrupted and its slot freed on the way out, and
+Frames are buffered and leave in one `write` per `flush()` (aiohttp applies
+backpressure): the caller flushes before it waits for something (`drive`
+does, before waiting for a turn event), so frames that are ready together —
+the headers and the first frames, the last delta with the finish chunk and
+`[DONE]` — cost one send, not one each; `end()` sends what is left with the
+end of the chunked body. A buffer past `FLUSH_BYTES` is flushed at once. A
+write to a client that went away raises `ClientGone`; a write that waits
+longer than `server.sse_write_timeout_s` for a client that does not read
+raises `ClientStalled` (a `ClientGone`). Handlers treat both as the end of
+the request: their turn is interrupted and its slot freed on the way out, and
 `close()` then drops the connection instead of waiting to flush it. A write
 cancelled while it waited (the request's overall deadline) marks the stream
 stalled too, so no later frame waits again. Knows SSE framing; knows no
@@ -14,6 +19,7 @@ OpenAI object shapes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from typing import ClassVar, Final
 
@@ -34,6 +40,9 @@ KEEPALIVE_FRAME: Final = b": keepalive\n\n"
 DONE_FRAME: Final = b"data: [DONE]\n\n"
 # Bytes a chunked-encoding frame adds around its data (size line and CRLFs).
 _CHUNK_OVERHEAD: Final = 32
+# Buffered frames past this size are written without waiting for a flush:
+# aiohttp's own drain threshold, so backpressure starts where it did per frame.
+FLUSH_BYTES: Final = 64 * 1024
 
 
 class ClientGone(Exception):
@@ -48,6 +57,12 @@ class ClientStalled(ClientGone):
     outcome: ClassVar[str] = "client_stalled"
 
 
+class _BufferedHeadersResponse(web.StreamResponse):
+    # aiohttp sends a stream's headers in a write of their own when it is
+    # prepared; held back, they leave with the first frames (one send, not two).
+    _send_headers_immediately = False
+
+
 class SSEStream:
     def __init__(
         self,
@@ -57,14 +72,20 @@ class SSEStream:
         write_timeout_s: float,
     ) -> None:
         self._request = request
-        self._response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **(headers or {})})
+        self._response = _BufferedHeadersResponse(
+            status=200, headers={**SSE_HEADERS, **(headers or {})}
+        )
         self._write_timeout_s = write_timeout_s
         self._high_water = 0
         self._stalled = False
+        self._ended = False
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self.frames = 0
+        """Frames handed to the stream so far."""
 
     async def open(self) -> None:
-        """Sends the status line and headers."""
+        """Fixes the status line and headers; they are sent with the first flush."""
         try:
             async with asyncio.timeout(self._write_timeout_s):
                 await self._response.prepare(self._request)
@@ -83,9 +104,29 @@ class SSEStream:
             return False
         return transport.get_write_buffer_size() + size + _CHUNK_OVERHEAD <= self._high_water
 
-    async def _write(self, frame: bytes) -> None:
+    async def _add(self, frame: bytes) -> None:
         if self._stalled:
             raise ClientStalled()
+        self._pending.append(frame)
+        self._pending_bytes += len(frame)
+        self.frames += 1
+        if self._pending_bytes >= FLUSH_BYTES:
+            await self.flush()
+
+    def _take_pending(self) -> bytes:
+        chunk = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        return chunk
+
+    async def flush(self) -> None:
+        """Writes the buffered frames (and, the first time, the headers) in one write."""
+        if self._stalled:
+            raise ClientStalled()
+        if self._pending:
+            await self._write(self._take_pending())
+
+    async def _write(self, frame: bytes) -> None:
         try:
             if self._has_room(len(frame)):
                 # The delta path: this write cannot wait, so no timer is armed.
@@ -102,7 +143,6 @@ class SSEStream:
             raise
         except (ConnectionResetError, RuntimeError) as exc:
             raise ClientGone() from exc
-        self.frames += 1
 
     def _stall(self) -> ClientStalled:
         self._stalled = True
@@ -110,32 +150,45 @@ class SSEStream:
         return ClientStalled()
 
     async def data(self, payload: bytes) -> None:
-        await self._write(b"data: " + payload + b"\n\n")
+        await self._add(b"data: " + payload + b"\n\n")
 
     async def event(self, event_type: str, payload: bytes) -> None:
-        await self._write(b"event: " + event_type.encode() + b"\ndata: " + payload + b"\n\n")
+        await self._add(b"event: " + event_type.encode() + b"\ndata: " + payload + b"\n\n")
 
     async def keepalive(self) -> None:
-        await self._write(KEEPALIVE_FRAME)
+        await self._add(KEEPALIVE_FRAME)
 
     async def done(self) -> None:
-        await self._write(DONE_FRAME)
+        await self._add(DONE_FRAME)
+
+    async def end(self) -> None:
+        """Sends the buffered frames with the end of the body, in one write; raises like a write."""
+        if self._stalled:
+            raise ClientStalled()
+        if self._ended:
+            return
+        try:
+            async with asyncio.timeout(self._write_timeout_s):
+                await self._response.write_eof(self._take_pending())
+        except TimeoutError as exc:
+            raise self._stall() from exc
+        except asyncio.CancelledError:
+            self._stalled = True
+            raise
+        except (ConnectionResetError, RuntimeError) as exc:
+            raise ClientGone() from exc
+        self._ended = True
+        record = self._request.get(ACCESS)
+        if record is not None:
+            record.sent_status = self._response.status
 
     async def close(self) -> web.StreamResponse:
-        """Ends the stream; a stalled client's connection is dropped, not flushed."""
+        """Ends the stream if `end()` did not; a stalled client's connection is dropped, not flushed."""
         if not self._response.prepared:
             return self._response  # never opened: aiohttp answers (or finds the client gone)
         if not self._stalled:
-            try:
-                async with asyncio.timeout(self._write_timeout_s):
-                    await self._response.write_eof()
-                record = self._request.get(ACCESS)
-                if record is not None:
-                    record.sent_status = self._response.status
-            except TimeoutError:
-                self._stalled = True
-            except (ConnectionResetError, RuntimeError):
-                pass
+            with contextlib.suppress(ClientGone):
+                await self.end()
         if self._stalled:
             # Frames still buffered for a client that does not read would keep
             # the socket (and a flush that never ends) alive: drop them.

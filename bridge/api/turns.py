@@ -720,30 +720,14 @@ class TurnSession:
         if self._peeked is not None:
             event, self._peeked = self._peeked, None
             return event
-        now = self._clock()
-        if self._got_text:
-            due, which = self._last_event + self._limits.idle_s, "idle"
+        if self._turn.has_event():
+            # At hand: nothing to wait for, so no deadline timer to arm (one per delta).
+            event = await self._turn.next_event()
         else:
-            due, which = self._started + self._limits.first_token_s, "first token"
-        overall = self.deadline_at
-        if overall < due:
-            due, which = overall, "overall"
-        wait = due - now
-        tick = keepalive_s is not None and keepalive_s < wait
-        try:
-            async with asyncio.timeout(keepalive_s if tick else max(wait, 0.0)) as waiting:
-                self._waiting = waiting
-                try:
-                    event = await self._turn.next_event()
-                finally:
-                    self._waiting = None  # an exited timeout cannot be rescheduled
-        except TimeoutError:
-            if self._aborted is not None:
-                await self._end_aborted(self._aborted)
-            if tick:
+            waited = await self._wait_event(keepalive_s)
+            if waited is None:
                 return None
-            await self._expire(which)
-            raise AssertionError("unreachable") from None
+            event = waited
         self._last_event = self._clock()
         if (
             isinstance(event, Failed)
@@ -771,6 +755,38 @@ class TurnSession:
         elif isinstance(event, Failed):
             self._end(event.usage, event.error.code or "error")
         return event
+
+    def has_event(self) -> bool:
+        """Whether `next_event` has an event at hand (returns it without waiting)."""
+        return self._peeked is not None or (self._turn is not None and self._turn.has_event())
+
+    async def _wait_event(self, keepalive_s: float | None) -> TurnEvent | None:
+        """Waits for the turn's next event under its deadlines; None at a keepalive tick."""
+        assert self._turn is not None
+        now = self._clock()
+        if self._got_text:
+            due, which = self._last_event + self._limits.idle_s, "idle"
+        else:
+            due, which = self._started + self._limits.first_token_s, "first token"
+        overall = self.deadline_at
+        if overall < due:
+            due, which = overall, "overall"
+        wait = due - now
+        tick = keepalive_s is not None and keepalive_s < wait
+        try:
+            async with asyncio.timeout(keepalive_s if tick else max(wait, 0.0)) as waiting:
+                self._waiting = waiting
+                try:
+                    return await self._turn.next_event()
+                finally:
+                    self._waiting = None  # an exited timeout cannot be rescheduled
+        except TimeoutError:
+            if self._aborted is not None:
+                await self._end_aborted(self._aborted)
+            if tick:
+                return None
+            await self._expire(which)
+            raise AssertionError("unreachable") from None
 
     async def _await_final_usage(self, turn: Turn) -> None:
         """Accounts the tokens of a turn nobody read to its end (client gone, deadline, error)."""

@@ -155,13 +155,21 @@ class QueuedTurn:
 
     async def next_event(self) -> TurnEvent:
         """The next event; cancellation-safe (a timeout around it loses nothing)."""
-        while not self._ready:
-            method, params = await self._inbox.get()
-            if method == _BACKLOG_OVERFLOW:
-                self._ready.append(Failed(backlog_error(self._max_queued), self._usage))
-            else:
-                self._translate(method, params)
+        while not self.has_event():
+            self._take(*await self._inbox.get())
         return self._ready.popleft()
+
+    def has_event(self) -> bool:
+        """Whether an event is ready: translates what the reader queued so far, never waits."""
+        while not self._ready and not self._inbox.empty():
+            self._take(*self._inbox.get_nowait())
+        return bool(self._ready)
+
+    def _take(self, method: str, params: dict[str, Any]) -> None:
+        if method == _BACKLOG_OVERFLOW:
+            self._ready.append(Failed(backlog_error(self._max_queued), self._usage))
+        else:
+            self._translate(method, params)
 
     async def interrupt(self) -> None:
         raise NotImplementedError

@@ -104,6 +104,10 @@ class Turn(Protocol):
         """The next event. Cancellation-safe: a timeout around it loses nothing."""
         ...
 
+    def has_event(self) -> bool:
+        """Whether `next_event` would return at once, without waiting (never waits itself)."""
+        ...
+
     async def interrupt(self) -> None:
         """Ask Codex to stop the turn; its events then end with Finished("interrupted")."""
         ...

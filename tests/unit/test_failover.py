@@ -64,6 +64,9 @@ class _Turn:
         await asyncio.Event().wait()  # an ended turn sends nothing more
         raise AssertionError("unreachable")
 
+    def has_event(self) -> bool:
+        return False  # every event is waited for, as a turn's first one is
+
     async def interrupt(self) -> None:
         self._log.append(f"{self._name}:interrupt")
 

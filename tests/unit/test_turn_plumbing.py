@@ -15,7 +15,15 @@ import pytest
 from bridge.api.drive import drive
 from bridge.api.limits import OutputLimiter
 from bridge.api.turns import TurnSession, _bounded_cleanup, hold_headers
-from bridge.codex.events import Failed, ReasoningDelta, ToolCall, TurnEvent, Usage
+from bridge.codex.events import (
+    Failed,
+    Finished,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    TurnEvent,
+    Usage,
+)
 from bridge.errors import BridgeError, RateLimited, UpstreamFailed
 
 WAIT_S = 5.0
@@ -35,6 +43,9 @@ class _Sink:
         pass
 
     async def keepalive(self) -> None:
+        pass
+
+    async def flush(self) -> None:
         pass
 
 
@@ -124,3 +135,42 @@ async def test_a_second_cancel_during_the_bounded_cleanup_stops_the_handler() ->
         await asyncio.wait_for(task, WAIT_S)
     assert not carried_on
     finish.set()
+
+
+class _ReadyThenWaitingChoice:
+    """A choice with two events at hand; its third (the end) has to be waited for."""
+
+    def __init__(self, log: list[str]) -> None:
+        self._log = log
+        self._ready: list[TurnEvent] = [TextDelta("a"), TextDelta("b")]
+
+    def has_event(self) -> bool:
+        return bool(self._ready)
+
+    async def next_event(self, *, keepalive_s: float | None = None) -> TurnEvent | None:
+        if self._ready:
+            return self._ready.pop(0)
+        self._log.append("wait")
+        return Finished("stop", Usage())
+
+
+class _LoggingSink(_Sink):
+    def __init__(self, log: list[str]) -> None:
+        self._log = log
+
+    async def text(self, index: int, text: str) -> None:
+        self._log.append(f"text {text}")
+
+    async def finish(self, index: int, reason: str, usage: Usage) -> None:
+        self._log.append("finish")
+
+    async def flush(self) -> None:
+        self._log.append("flush")
+
+
+async def test_drive_flushes_the_sink_only_before_waiting_when_events_are_ready_together() -> None:
+    log: list[str] = []
+    sessions = cast(list[TurnSession], [_ReadyThenWaitingChoice(log)])
+    await drive(sessions, [OutputLimiter((), None)], _LoggingSink(log))
+    # Both deltas at hand go into one write; the flush comes before the wait, not per delta.
+    assert log == ["text a", "text b", "flush", "wait", "finish"]
