@@ -437,6 +437,9 @@ class Reply:
     async def keepalive(self) -> None:
         await self._sink.keepalive()
 
+    async def flush(self) -> None:
+        await self._sink.flush()
+
 
 class ReasoningText:
     """One choice's reasoning summary as one text: parts and items kept apart by a blank line."""

@@ -80,15 +80,15 @@ PLAIN_DEFAULT_INSTRUCTIONS: Final = "You are a helpful assistant."
 KEEPABLE_ITEMS: Final = ("userMessage", "reasoning")
 
 # Notifications the bridge never reads; opting out saves the worker the
-# serialization and us the parse (they arrive on every turn). `item/completed`
-# repeats each whole item (the user's input, the whole reply) after its
-# deltas; raw reasoning text is never shown (summaries are).
+# serialization and us the parse (they arrive on every turn); raw reasoning
+# text is never shown (summaries are). `item/completed` is read although it
+# repeats each whole item: conversation affinity keeps a thread only when its
+# final reply item is exactly what the client received (`V2Turn.keep_thread`).
 OPT_OUT_NOTIFICATIONS: Final = (
     "thread/status/changed",
     "remoteControl/status/changed",
     "thread/started",
     "item/started",
-    "item/completed",
     "item/reasoning/summaryPartAdded",
     "item/reasoning/textDelta",
     "serverRequest/resolved",

@@ -53,6 +53,8 @@ async def test_the_worker_sends_no_opted_out_notification_when_a_turn_runs(
     # The turn's own notifications did arrive (the hook sees the stream) ...
     assert "item/agentMessage/delta" in received
     assert "turn/completed" in received
-    # ... and none of those the bridge opted out of, `item/completed` included.
-    assert "item/completed" in v2.OPT_OUT_NOTIFICATIONS
+    # ... and none of those the bridge opted out of. `item/completed` stays: conversation
+    # affinity keeps a thread only when its final reply item is what the client got.
+    assert "item/reasoning/textDelta" in v2.OPT_OUT_NOTIFICATIONS
+    assert "item/completed" in received
     assert set(received) & set(v2.OPT_OUT_NOTIFICATIONS) == set()
