@@ -13,6 +13,7 @@ A Codex upgrade that changes the protocol fails the suite loudly.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any, Final
@@ -107,8 +108,11 @@ class RpcSchemaValidator:
         self.checked = 0
         self.bundle = bundle
         self._waiting: list[tuple[str, dict[str, Any]]] = []
-        self._our_requests: dict[Any, str] = {}
-        self._their_requests: dict[Any, str] = {}
+        # Every worker of a bridge shares this hook and numbers its requests from 1,
+        # so one id may be in flight on several connections: a message is checked
+        # against each method asked under its id, and passes if one fits.
+        self._our_requests: dict[Any, list[str]] = {}
+        self._their_requests: dict[Any, list[str]] = {}
         self._probes: dict[Any, str] = {}
 
     def _check(self, validator: Draft7Validator | None, value: Any, what: str) -> None:
@@ -123,6 +127,35 @@ class RpcSchemaValidator:
             quirks = KNOWN_QUIRKS.get(self.bundle.name if self.bundle else "", ())
             if not found.startswith(quirks):
                 self.errors.append(found)
+
+    def _answered(
+        self,
+        asked: dict[Any, list[str]],
+        message: dict[str, Any],
+        schema_of: Callable[[str, Path], Draft7Validator | None],
+        what: str,
+    ) -> None:
+        """Checks an answer against the methods in flight under its id; takes the one it fits."""
+        methods = asked.get(message.get("id"), [])
+        if not methods:
+            return
+        bundle = self.bundle
+        assert bundle is not None
+        index = 0
+        if "result" in message:
+            fits = [
+                i
+                for i, m in enumerate(methods)
+                if (v := schema_of(m, bundle)) is not None
+                and next(iter(v.iter_errors(message["result"])), None) is None
+            ]
+            index = fits[0] if fits else 0
+            self._check(
+                schema_of(methods[index], bundle), message["result"], f"{what} {methods[index]}"
+            )
+        del methods[index]
+        if not methods:
+            del asked[message.get("id")]
 
     def __call__(self, direction: str, message: dict[str, Any]) -> None:
         if self.bundle is None:
@@ -146,15 +179,9 @@ class RpcSchemaValidator:
         method = message.get("method")
         if direction == "c2s":
             if method is None:
-                asked = self._their_requests.pop(message.get("id"), None)
-                if asked is not None and "result" in message:
-                    self._check(
-                        _server_request_answer(asked, bundle),
-                        message["result"],
-                        f"answer to {asked}",
-                    )
+                self._answered(self._their_requests, message, _server_request_answer, "answer to")
             elif "id" in message:
-                self._our_requests[message["id"]] = method
+                self._our_requests.setdefault(message["id"], []).append(method)
                 variant = _variant("ClientRequest.json", method, bundle)
                 if variant is None:
                     # A capability probe: fine if the worker refuses it, drift if it answers.
@@ -171,11 +198,9 @@ class RpcSchemaValidator:
             probe = self._probes.pop(message.get("id"), None)
             if probe is not None and "error" not in message:
                 self.errors.append(f"request {probe}: no schema in the bundle")
-            asked = self._our_requests.pop(message.get("id"), None)
-            if asked is not None and "result" in message:
-                self._check(_response(asked, bundle), message["result"], f"response to {asked}")
+            self._answered(self._our_requests, message, _response, "response to")
         elif "id" in message:
-            self._their_requests[message["id"]] = method
+            self._their_requests.setdefault(message["id"], []).append(method)
             self._check(
                 _variant("ServerRequest.json", method, bundle), message, f"server request {method}"
             )
