@@ -29,7 +29,8 @@ better) or None when it can take no turn now (drained until its usage limit
 resets, signed out); `_pick` prefers ready workers whose account can take
 turns, then the worker a request prefers (`lease_slot(prefer=...)`: it holds
 the request's conversation thread; only ever among workers within their
-limit), then by headroom, then by load, and
+limit, and only while it runs at most `PREFER_LOAD_SLACK` more turns than
+the least-loaded one), then by headroom, then by load, and
 falls back to unranked workers only when every account is out (the turn then
 fails with the account's own error). `move(lease, exclude)` gives a lease's
 slot back and takes one on another worker: a request whose turn hit a usage
@@ -86,6 +87,16 @@ INITIAL_TURN_LIMIT: Final = 16
 SLOW_START_FRACTION: Final = 0.25
 # The error code (and rejection reason) of requests refused because the bridge is stopping.
 SHUTTING_DOWN: Final = "shutting_down"
+
+
+# How many more turns than the least-loaded worker the worker holding a
+# conversation's thread may run and still get the conversation's next turn.
+# Continuing in place saves that turn a `thread/start` and the history's
+# replay (~8 ms of Codex CPU), but conversations pinned to one worker would
+# queue there while another idles: past this margin the turn starts cold on
+# the less-loaded worker and the conversation moves with it (measured: p99 at
+# c=8 on two workers; docs/benchmarks.md).
+PREFER_LOAD_SLACK: Final = 1
 
 
 class PoolObserver(WorkerObserver, Protocol):
@@ -485,9 +496,16 @@ class WorkerPool:
     ) -> Worker | None:
         best: Worker | None = None
         best_key: tuple[bool, bool, bool, float, int] | None = None
-        for worker in self.workers if on is None else (on,):
-            if not worker.ready or worker.active_turns >= self.turn_limit(worker):
-                continue
+        room = [
+            worker
+            for worker in (self.workers if on is None else (on,))
+            if worker.ready and worker.active_turns < self.turn_limit(worker)
+        ]
+        if prefer is not None and room:
+            least = min(worker.active_turns for worker in room)
+            if prefer.active_turns > least + PREFER_LOAD_SLACK:
+                prefer = None  # the conversation moves: its next turn starts cold elsewhere
+        for worker in room:
             key = self._preference(worker, avoid, prefer)
             if best_key is None or key > best_key:
                 best, best_key = worker, key

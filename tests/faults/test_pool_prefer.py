@@ -42,6 +42,19 @@ async def test_slot_goes_to_the_preferred_worker_when_it_has_room_even_if_busier
         assert plain.worker is w1
 
 
+async def test_slot_goes_to_the_least_loaded_worker_when_the_preferred_one_runs_two_more(
+    tmp_path: Path,
+) -> None:
+    async with two_workers(tmp_path, max_turns_per_worker=4) as pool, AsyncExitStack() as held:
+        w0, w1 = pool.workers
+        await held.enter_async_context(pool.lease_slot(w0))
+        await held.enter_async_context(pool.lease_slot(w0))
+        # w0 has room (2 of 4) but runs two more turns than w1 (PREFER_LOAD_SLACK is 1):
+        # the conversation's turn starts on w1 rather than queue behind w0's.
+        lease = await held.enter_async_context(pool.lease_slot(prefer=w0))
+        assert lease.worker is w1
+
+
 async def test_slot_goes_elsewhere_at_once_when_the_preferred_worker_is_full(
     tmp_path: Path,
 ) -> None:
