@@ -354,7 +354,7 @@ def worker_configs(
     # In the state directory, never beside the Codex home: instances with sibling Codex
     # homes used to share it and wipe each other's worker cwd on start.
     workroot = private_dir(resolve_workroot(settings, env))
-    # `codex.workers` workers per account (0: one per two CPUs), each on its account's Codex home.
+    # `codex.workers` workers per account (0: one per CPU, at most 8), each on its account's Codex home.
     slots = [(name, home) for name, home in homes for _ in range(worker_count(settings))]
     return [
         WorkerConfig(

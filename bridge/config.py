@@ -332,7 +332,7 @@ FIELDS: Final = (
         "codex",
         "workers",
         "BRIDGE_WORKERS",
-        "Number of `codex app-server` processes; 0: one per two CPUs, at least one (docs/benchmarks.md).",
+        "Number of `codex app-server` processes; 0: one per CPU, at most 8 (docs/benchmarks.md).",
     ),
     FieldDoc(
         "codex",
@@ -740,17 +740,19 @@ def _describe(exc: ValidationError) -> str:
     return f"invalid {where}: {message}; got {error.get('input')!r}"
 
 
-# One Codex process keeps about one and a half cores busy at saturation (a turn
-# is ~25 ms of worker CPU; docs/benchmarks.md), so `codex.workers = 0` runs one
-# per two CPUs.
-CPUS_PER_WORKER: Final = 2
+# `codex.workers = 0`: one Codex process per CPU, at most eight. On two cores
+# two workers carried 1.0-1.4x the throughput of one at c=8/16 for the same
+# CPU (docs/benchmarks.md: Codex's turn handling does not keep two cores busy
+# from one process); each costs ~120 MB at start and grows until
+# `codex.worker_max_rss_mb` recycles it, hence the cap: past eight, set it.
+MAX_AUTO_WORKERS: Final = 8
 
 
 def worker_count(settings: Settings, cpus: int | None = None) -> int:
-    """`codex.workers`, or when 0 one worker per `CPUS_PER_WORKER` CPUs (at least one)."""
+    """`codex.workers`, or when 0 one worker per CPU (at least one, at most `MAX_AUTO_WORKERS`)."""
     if settings.codex.workers:
         return settings.codex.workers
-    return max(1, (cpus if cpus is not None else os.cpu_count() or 1) // CPUS_PER_WORKER)
+    return max(1, min(MAX_AUTO_WORKERS, cpus if cpus is not None else os.cpu_count() or 1))
 
 
 def resolve_codex_bin(settings: Settings) -> str:

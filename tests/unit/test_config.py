@@ -28,7 +28,7 @@ def test_defaults_listen_on_loopback_8140_with_the_plain_profile() -> None:
     settings = load_settings(config_path=None, env={}, overrides={})
     assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8140)
     assert settings.codex.profile == "plain"
-    assert settings.codex.workers == 0  # one per two CPUs (worker_count)
+    assert settings.codex.workers == 0  # one per CPU, at most 8 (worker_count)
 
 
 def test_file_then_env_then_flags_each_win_over_the_previous(tmp_path: Path) -> None:
@@ -244,7 +244,7 @@ def test_the_systemd_layout_is_unchanged_so_there_is_nothing_to_migrate() -> Non
 def test_worker_count_follows_the_cpu_count_when_workers_is_zero() -> None:
     auto = load_settings(config_path=None, env={}, overrides={})
     assert auto.codex.workers == 0
-    assert [worker_count(auto, cpus) for cpus in (1, 2, 3, 8)] == [1, 1, 1, 4]
+    assert [worker_count(auto, cpus) for cpus in (1, 2, 3, 8, 64)] == [1, 2, 3, 8, 8]
     fixed = load_settings(config_path=None, env={"BRIDGE_WORKERS": "3"}, overrides={})
     assert worker_count(fixed, 2) == 3
 
