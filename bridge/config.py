@@ -752,7 +752,15 @@ def worker_count(settings: Settings, cpus: int | None = None) -> int:
     """`codex.workers`, or when 0 one worker per CPU (at least one, at most `MAX_AUTO_WORKERS`)."""
     if settings.codex.workers:
         return settings.codex.workers
-    return max(1, min(MAX_AUTO_WORKERS, cpus if cpus is not None else os.cpu_count() or 1))
+    return max(1, min(MAX_AUTO_WORKERS, cpus if cpus is not None else usable_cpus()))
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as `taskset` or a cpuset limits it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def resolve_codex_bin(settings: Settings) -> str:

@@ -77,7 +77,7 @@ async def drive(
                     held.setdefault(index, []).append(event.text)
                     if limiter.active and limiter.feed(event.text)[1] is not None:
                         stopped[index] = "length"
-                        await sessions[index].interrupt()
+                        await _interrupt(sink, sessions[index])
                     continue
                 if not limiter.active:
                     await sink.text(index, event.text)
@@ -87,7 +87,7 @@ async def drive(
                     await sink.text(index, text)
                 if reason is not None:
                     stopped[index] = reason
-                    await sessions[index].interrupt()
+                    await _interrupt(sink, sessions[index])
             elif isinstance(event, ReasoningDelta):
                 await sink.reasoning(index, event)
             elif isinstance(event, Finished):
@@ -123,3 +123,9 @@ async def drive(
             if open_choices == 0:
                 break
     return waiting
+
+
+async def _interrupt(sink: ChoiceSink, session: TurnSession) -> None:
+    """Cuts a reply short; what the client may read goes out before the interrupt's round trip."""
+    await sink.flush()
+    await session.interrupt()

@@ -394,6 +394,7 @@ class _Sink:
         else:
             frames = self._renderer.complete(usage)
         if self._persist is not None:
+            await self.flush()  # what the client may read already does not wait for the store
             await self._persist()
         await self.send(frames)
 

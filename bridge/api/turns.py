@@ -284,7 +284,9 @@ class TurnSession:
         """The turn on `worker`: on the conversation's held thread when it lives there."""
         request = self._request
         tip = self._tip
-        if tip is not None and tip.worker is worker and worker.pid == tip.pid:
+        # Once only: a start that failed on the thread (overload, retried) closed it.
+        fresh = not self._held_tried
+        if tip is not None and fresh and tip.worker is worker and worker.pid == tip.pid:
             self._held_tried = True
             request = dataclasses.replace(request, on_thread=tip.thread_id)
         return await start_turn(worker, request)
@@ -292,7 +294,9 @@ class TurnSession:
     def _look_up_conversation(self) -> Worker | None:
         """Takes the tip of the conversation this request extends; returns its worker to prefer."""
         index, request = self._affinity, self._request
-        if index is None or not affinity.eligible(request):
+        # Chat completions only: the one endpoint that offers its replies back
+        # (`keep_conversation`); another would use a chat's thread up, never keep it.
+        if index is None or self._endpoint != "chat" or not affinity.eligible(request):
             return None
         ready = self._pool.any_ready()
         if ready is not None and ready.dialect != "v2":
@@ -312,9 +316,10 @@ class TurnSession:
             return
         if started is not None and started.thread_id == tip.thread_id:
             return  # continued in place
-        lease = self._lease
-        if self._held_tried and (started is None or (lease and lease.worker is tip.worker)):
-            # Codex refused the thread, or the start failed on it: its state is unknown.
+        if self._held_tried:
+            # A start was tried on the thread and the turn runs elsewhere (Codex refused
+            # the thread, or was overloaded and the start moved on): the failed start
+            # closed it, or its state is unknown. It never goes back to the index.
             self._metrics.affinity.labels("gone").inc()
             affinity.release_thread(tip)
             return

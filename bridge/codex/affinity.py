@@ -5,7 +5,8 @@ After a turn whose reply the client received exactly as Codex's thread holds
 it (`Turn.keep_thread`), the thread stays loaded and is remembered here as a
 `Tip`, under a digest of: the owner (API key name), the thread-level params
 it was started with (`v2.thread_start_params` minus the per-worker cwd:
-model, instructions, dynamic tools, profile) and the conversation items it
+model, instructions, dynamic tools, profile), the turn's reasoning effort and
+summary (Codex keeps them for a thread's later turns) and the conversation items it
 holds (the request's history, its user message, the reply). The next request
 whose owner, params and history hash to that digest takes the tip (exclusive:
 a second request with the same prefix starts cold) and runs its turn on that
@@ -58,8 +59,13 @@ def start_digest(owner: str, request: TurnRequest, profile: str) -> bytes:
     params = v2.thread_start_params(request, v2.ThreadSettings(profile, "", 1.0))
     # The cwd is the worker's own directory, fixed for its life; the tip names the worker.
     params.pop("cwd", None)
+    # Codex keeps a turn's effort and summary for the thread's later turns, and the
+    # bridge sends them only when asked: a continued thread would carry the last
+    # turn's into a request that did not ask. They are part of the conversation's key.
+    per_turn = [request.effort, request.reasoning_summary]
     return hashlib.blake2b(
-        orjson.dumps([owner, params], option=orjson.OPT_SORT_KEYS), digest_size=DIGEST_SIZE
+        orjson.dumps([owner, params, per_turn], option=orjson.OPT_SORT_KEYS),
+        digest_size=DIGEST_SIZE,
     ).digest()
 
 

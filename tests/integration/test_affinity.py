@@ -279,3 +279,35 @@ async def test_turn_starts_cold_within_the_request_when_codex_refuses_the_held_t
         ]
         assert seen(bridge.demo.requests[-1])[-2] == ("assistant", [("output_text", "answer 1")])
         assert affinity_count(bridge, "gone") == 1
+
+
+async def test_turn_without_an_effort_does_not_inherit_the_previous_turns_effort(
+    tmp_path: Path,
+) -> None:
+    async with affinity_bridge(tmp_path / "home") as (bridge, _), sdk(bridge) as client:
+        messages = [SYSTEM, user(0)]
+        reply = await ask(client, messages, reasoning_effort="high")
+        assert bridge.demo.requests[-1]["reasoning"]["effort"] == "high"
+        first_key = bridge.demo.requests[-1]["prompt_cache_key"]
+        await ask(client, [*messages, {"role": "assistant", "content": reply}, user(1)])
+        body = bridge.demo.requests[-1]
+        # Codex keeps a turn's effort for the thread's later turns: continuing the
+        # thread would have sent "high" for a request that asked for none.
+        assert (body.get("reasoning") or {}).get("effort") != "high"
+        assert body["prompt_cache_key"] != first_key
+
+
+async def test_responses_request_re_sending_a_chat_does_not_use_up_its_thread(
+    tmp_path: Path,
+) -> None:
+    async with affinity_bridge(tmp_path / "home") as (bridge, _), sdk(bridge) as client:
+        messages = await converse(client, 2)
+        (chat_key,) = set(cache_keys(bridge.demo.requests[-2:]))
+        response = await client.responses.create(
+            model=DEMO_MODEL_ID, input=cast(Any, [*messages, user(2)]), store=False
+        )
+        assert response.output_text == "answer 2"
+        assert bridge.demo.requests[-1]["prompt_cache_key"] != chat_key
+        # The chat's own next turn still continues its thread.
+        assert await ask(client, [*messages, user(2)]) == "answer 2"
+        assert bridge.demo.requests[-1]["prompt_cache_key"] == chat_key
