@@ -42,7 +42,15 @@ async def test_the_worker_sends_no_opted_out_notification_when_a_turn_runs(
     bridge, received = watched
     body = {
         "model": DEMO_MODEL_ID,
-        "messages": [{"role": "user", "content": "hi [[reply=Bonjour tout le monde]]"}],
+        # Reasoning in two summary parts: the opted-out part and raw-text events would come.
+        "messages": [
+            {
+                "role": "user",
+                "content": "hi [[reasoning=First thought||Second thought]] "
+                "[[reply=Bonjour tout le monde]]",
+            }
+        ],
+        "reasoning_effort": "low",
     }
     received.clear()
     async with aiohttp.ClientSession() as http:
@@ -52,9 +60,12 @@ async def test_the_worker_sends_no_opted_out_notification_when_a_turn_runs(
     assert reply["choices"][0]["message"]["content"] == "Bonjour tout le monde"
     # The turn's own notifications did arrive (the hook sees the stream) ...
     assert "item/agentMessage/delta" in received
+    assert "item/reasoning/summaryTextDelta" in received
     assert "turn/completed" in received
     # ... and none of those the bridge opted out of. `item/completed` stays: conversation
     # affinity keeps a thread only when its final reply item is what the client got.
     assert "item/reasoning/textDelta" in v2.OPT_OUT_NOTIFICATIONS
     assert "item/completed" in received
     assert set(received) & set(v2.OPT_OUT_NOTIFICATIONS) == set()
+    # Named here too: a name dropped from the list would otherwise go unnoticed.
+    assert "item/reasoning/summaryPartAdded" not in received
