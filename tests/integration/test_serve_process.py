@@ -79,6 +79,8 @@ async def daemon(tmp_path: Path, notify_socket: socket.socket) -> AsyncIterator[
         env={
             **env,
             "BRIDGE_SHUTDOWN_TIMEOUT_S": "20",
+            # One worker whatever the CPU count (the default follows it): READY says 1/1.
+            "BRIDGE_WORKERS": "1",
             "BRIDGE_SSE_KEEPALIVE_S": "0.2",
             # Streams hold their headers for the first content up to this long;
             # the keepalive test's first token comes later than that.

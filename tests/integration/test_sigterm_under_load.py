@@ -39,6 +39,8 @@ async def _spawn(tmp_path: Path) -> Daemon:
         env={
             **env,
             "BRIDGE_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
+            # One worker whatever the CPU count: the load below is sized for its 4 turns.
+            "BRIDGE_WORKERS": "1",
             "BRIDGE_MAX_TURNS_PER_WORKER": "4",
             "BRIDGE_STOP_GRACE_S": "1",
         },
