@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import ClassVar, Final
 
 import structlog
@@ -127,13 +127,19 @@ class SSEStream:
             await self._write(self._take_pending())
 
     async def _write(self, frame: bytes) -> None:
-        try:
+        with self._client_errors():
             if self._has_room(len(frame)):
                 # The delta path: this write cannot wait, so no timer is armed.
                 await self._response.write(frame)
             else:
                 async with asyncio.timeout(self._write_timeout_s):
                     await self._response.write(frame)
+
+    @contextlib.contextmanager
+    def _client_errors(self) -> Iterator[None]:
+        """A write's failures as the client's: stalled (timed out or cut) or gone."""
+        try:
+            yield
         except TimeoutError as exc:
             raise self._stall() from exc
         except asyncio.CancelledError:
@@ -167,16 +173,9 @@ class SSEStream:
             raise ClientStalled()
         if self._ended:
             return
-        try:
+        with self._client_errors():
             async with asyncio.timeout(self._write_timeout_s):
                 await self._response.write_eof(self._take_pending())
-        except TimeoutError as exc:
-            raise self._stall() from exc
-        except asyncio.CancelledError:
-            self._stalled = True
-            raise
-        except (ConnectionResetError, RuntimeError) as exc:
-            raise ClientGone() from exc
         self._ended = True
         record = self._request.get(ACCESS)
         if record is not None:
