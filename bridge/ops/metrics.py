@@ -293,9 +293,11 @@ class Metrics:
         )
         self.affinity = Counter(
             "codex_bridge_conversation_affinity",
-            "Conversation affinity by outcome: hit (the turn ran on the conversation's held"
-            " thread), miss, elsewhere (its worker had no free slot), gone (Codex refused the"
-            " held thread), stale (its worker restarted), kept (a thread held after its turn),"
+            "Conversation affinity by outcome: hit (the conversation's held thread was found;"
+            " elsewhere or gone then say it was not run on), miss, elsewhere (its worker had"
+            " no free slot or ran more turns than another), gone (Codex refused the held"
+            " thread, or a start on it failed), stale (its worker restarted), kept (a thread"
+            " held after its turn),"
             " not_kept (reply cut, tool call, error), mismatch (the thread holds more than the"
             " client received), evicted, expired.",
             ["outcome"],
