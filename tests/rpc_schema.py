@@ -143,13 +143,14 @@ class RpcSchemaValidator:
         assert bundle is not None
         index = 0
         if "result" in message:
-            fits = [
-                i
-                for i, m in enumerate(methods)
-                if (v := schema_of(m, bundle)) is not None
-                and next(iter(v.iter_errors(message["result"])), None) is None
-            ]
-            index = fits[0] if fits else 0
+            if len(methods) > 1:  # rare: only then is the fitting one searched for
+                fits = (
+                    i
+                    for i, m in enumerate(methods)
+                    if (v := schema_of(m, bundle)) is not None
+                    and next(iter(v.iter_errors(message["result"])), None) is None
+                )
+                index = next(fits, 0)
             self._check(
                 schema_of(methods[index], bundle), message["result"], f"{what} {methods[index]}"
             )

@@ -501,9 +501,9 @@ class WorkerPool:
             for worker in (self.workers if on is None else (on,))
             if worker.ready and worker.active_turns < self.turn_limit(worker)
         ]
-        # Compared with workers whose account can take turns: an idle drained one is no option.
-        usable = [worker for worker in room if self.rank(worker) is not None] or room
-        if prefer is not None and usable:
+        if prefer is not None and room:
+            # Compared with workers whose account can take turns: an idle drained one is no option.
+            usable = [worker for worker in room if self.rank(worker) is not None] or room
             least = min(worker.active_turns for worker in usable)
             if prefer.active_turns > least + PREFER_LOAD_SLACK:
                 prefer = None  # the conversation moves: its next turn starts cold elsewhere
